@@ -1,0 +1,1 @@
+"""Kafka consumption: the only part of the project that talks to Kafka for ingestion."""

@@ -1,0 +1,48 @@
+"""kafka-python client options from the purger's settings (security included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from purger.settings import Settings
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Options shared by consumers, producers and admin clients."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in settings.kafka_bootstrap_servers.split(",")],
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_security_protocol.endswith("SSL"):
+        if settings.kafka_ssl_cafile:
+            options["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            options["ssl_certfile"] = str(settings.kafka_ssl_certfile)
+        if settings.kafka_ssl_keyfile:
+            options["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
+    return options
+
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """Consumer options: manual commits after the database commit, from the earliest offset."""
+    return {
+        **client_options(settings),
+        "group_id": settings.kafka_group_id,
+        # Offsets move only after the database commit, never on a timer.
+        "enable_auto_commit": False,
+        # A new group starts at the beginning: nothing produced before it is skipped.
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.batch_max_records,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+
+
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """Dead-letter producer options: acknowledged by all in-sync replicas."""
+    return {**client_options(settings), "acks": "all", "retries": 5, "linger_ms": 5}

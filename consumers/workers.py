@@ -1,0 +1,112 @@
+"""Running N consumer processes in one group, so that ingestion uses every core."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import threading
+from typing import Any
+
+from purger.metrics import Metrics
+from purger.policy import RetentionPolicy
+from purger.settings import Settings
+
+from consumers.loop import ConsumerWorker, IngestSummary
+
+log = logging.getLogger("purger.workers")
+
+
+def run_inline(
+    settings: Settings,
+    policy: RetentionPolicy,
+    metrics: Metrics,
+    stop: threading.Event,
+    *,
+    until_idle: bool,
+) -> IngestSummary:
+    """One worker in this process."""
+    return ConsumerWorker(settings, policy, metrics, stop, until_idle=until_idle).run()
+
+
+def _child(
+    settings: Settings,
+    policy: RetentionPolicy,
+    worker_id: int,
+    until_idle: bool,
+    stop: Any,
+    results: Any,
+) -> None:
+    from purger import logs
+
+    logs.configure(settings.log_format, settings.log_level)
+    local_stop = threading.Event()
+
+    def watch() -> None:
+        stop.wait()
+        local_stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: local_stop.set())
+    signal.signal(signal.SIGINT, lambda *_: local_stop.set())
+    metrics = Metrics(categories=policy.categories, topics=policy.by_topic())
+    worker = ConsumerWorker(
+        settings, policy, metrics, local_stop, until_idle=until_idle, worker_id=worker_id
+    )
+    try:
+        summary = worker.run()
+    except BaseException as exc:
+        results.put((worker_id, None, f"{exc.__class__.__name__}: {exc}"))
+        raise
+    results.put((worker_id, summary, None))
+
+
+def run_processes(
+    settings: Settings,
+    policy: RetentionPolicy,
+    workers: int,
+    stop: threading.Event,
+    *,
+    until_idle: bool,
+) -> tuple[IngestSummary, list[IngestSummary], list[str]]:
+    """Run ``workers`` processes; return the total, each worker's summary and errors."""
+    ctx = mp.get_context("spawn")
+    mp_stop = ctx.Event()
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_child,
+            args=(settings, policy, i, until_idle, mp_stop, results),
+            name=f"purger-consumer-{i}",
+        )
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    summaries: list[IngestSummary] = []
+    errors: list[str] = []
+    pending = workers
+    while pending:
+        if stop.is_set():
+            mp_stop.set()
+        try:
+            worker_id, summary, error = results.get(timeout=0.5)
+        except queue.Empty:
+            if all(not p.is_alive() for p in procs) and results.empty():
+                dead = [p.name for p in procs if p.exitcode not in (0, None)]
+                errors.extend(f"{name} exited without a result" for name in dead)
+                break
+            continue
+        pending -= 1
+        if error is not None:
+            errors.append(f"worker {worker_id}: {error}")
+            mp_stop.set()
+        else:
+            summaries.append(summary)
+    for proc in procs:
+        proc.join(timeout=60)
+    total = IngestSummary()
+    for s in summaries:
+        total.add(s)
+    return total, summaries, errors

@@ -1,0 +1,108 @@
+"""Normalisation of subject identifiers, shared by ingestion, holds and look-ups.
+
+A producer and an operator may write the same identifier differently
+(``0612345678`` and ``+31612345678``, ``J.Jansen@Example.NL``); both sides pass
+through the same functions so that they match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from functools import lru_cache
+
+import phonenumbers
+
+KNOWN_TYPES = ("msisdn", "imsi", "imei", "ip", "email", "cookie_id")
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_DIGITS = re.compile(r"^\d+$")
+_SEPARATORS = re.compile(r"[\s\-.()/]")
+_MAX_LENGTH = 256
+
+
+class IdentifierError(ValueError):
+    """An identifier could not be normalised; the message names the type, never the value."""
+
+
+@lru_cache(maxsize=65536)
+def normalise_msisdn(raw: str, default_country_code: int = 31) -> str:
+    """A phone number in E.164 (``+31612345678``); national numbers get the default country."""
+    text = raw.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    region = phonenumbers.region_code_for_country_code(default_country_code)
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        raise IdentifierError("msisdn is not a phone number") from None
+    if not phonenumbers.is_possible_number(number):
+        raise IdentifierError("msisdn is not a possible phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(raw: str) -> str:
+    """An e-mail address, trimmed and lower-cased."""
+    text = raw.strip().lower()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain or " " in text:
+        raise IdentifierError("email is not an e-mail address")
+    return text
+
+
+def normalise_ip(raw: str) -> str:
+    """An IPv4 or IPv6 address in canonical (compressed) form."""
+    try:
+        return ipaddress.ip_address(raw.strip()).compressed
+    except ValueError:
+        raise IdentifierError("ip is not an IP address") from None
+
+
+def _digits(kind: str, low: int, high: int) -> Callable[[str], str]:
+    def normalise(raw: str) -> str:
+        text = _SEPARATORS.sub("", raw)
+        if not _DIGITS.match(text) or not low <= len(text) <= high:
+            raise IdentifierError(f"{kind} must be {low} to {high} digits")
+        return text
+
+    return normalise
+
+
+def normalise_opaque(raw: str) -> str:
+    """Identifiers compared exactly (cookie ids, custom types): trimmed only."""
+    text = raw.strip()
+    if not text:
+        raise IdentifierError("identifier is empty")
+    return text
+
+
+_NORMALISERS: dict[str, Callable[[str], str]] = {
+    "imsi": _digits("imsi", 6, 15),
+    "imei": _digits("imei", 14, 16),
+    "ip": normalise_ip,
+    "email": normalise_email,
+    "cookie_id": normalise_opaque,
+}
+
+
+def normalise(kind: str, raw: str, default_country_code: int = 31) -> str:
+    """Normalise one identifier of type ``kind``; IdentifierError when it is not valid."""
+    if not isinstance(raw, str):
+        raise IdentifierError(f"{kind} must be a string")
+    if not raw.strip():
+        raise IdentifierError(f"{kind} is empty")
+    if len(raw) > _MAX_LENGTH:
+        raise IdentifierError(f"{kind} is longer than {_MAX_LENGTH} characters")
+    if kind == "msisdn":
+        return normalise_msisdn(raw, default_country_code)
+    return _NORMALISERS.get(kind, normalise_opaque)(raw)
+
+
+def valid_type(kind: str) -> bool:
+    """True when ``kind`` can be used as an identifier type name."""
+    return bool(_TYPE_NAME.match(kind))
+
+
+def subject_key(kind: str, value: str) -> str:
+    """The indexed look-up key of a normalised identifier, e.g. ``msisdn:+31612345678``."""
+    return f"{kind}:{value}"

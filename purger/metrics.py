@@ -1,0 +1,128 @@
+"""Every Prometheus metric of the purger, on a registry that tests can replace.
+
+Labels are bounded: category, topic, reason, outcome. Series are pre-created so
+that dashboards show zeros instead of gaps. No label ever holds personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from purger.records import DEAD_LETTER_REASONS, REJECT_REASONS
+
+PURGE_OUTCOMES = ("success", "nothing_to_do", "contended", "failure", "not_leader")
+
+
+class Metrics:
+    """The purger's metrics, registered on ``registry``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        categories: Iterable[str] = (),
+        topics: Iterable[str] = (),
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_ingested = Counter(
+            "purger_records_ingested", "Records stored, by category.", ["category"], registry=r
+        )
+        self.records_rejected = Counter(
+            "purger_records_rejected",
+            "Records not stored (dead-lettered or expired on arrival), by category and reason.",
+            ["category", "reason"],
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            "purger_records_dead_lettered",
+            "Records written to the dead-letter topic, by category and reason.",
+            ["category", "reason"],
+            registry=r,
+        )
+        self.records_duplicate = Counter(
+            "purger_records_duplicate",
+            "Redelivered records that were already stored, by category.",
+            ["category"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "purger_consumer_lag_records",
+            "Records not yet consumed (end offset minus position), by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.ingest_batch_duration = Histogram(
+            "purger_ingest_batch_duration_seconds",
+            "Time from poll to offset commit of one batch.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.database_retries = Counter(
+            "purger_database_retries", "Retries after the database was unavailable.", registry=r
+        )
+        self.records_purged = Counter(
+            "purger_records_purged", "Records destroyed by purge passes.", ["category"], registry=r
+        )
+        self.partitions_dropped = Counter(
+            "purger_partitions_dropped",
+            "Partitions dropped by purge passes.",
+            ["category"],
+            registry=r,
+        )
+        self.partitions_contended = Counter(
+            "purger_partitions_contended",
+            "Partitions a pass could not lock in time (retried on a later pass).",
+            ["category"],
+            registry=r,
+        )
+        self.purge_runs = Counter(
+            "purger_purge_runs", "Purge passes by outcome.", ["outcome"], registry=r
+        )
+        self.purge_duration = Histogram(
+            "purger_purge_duration_seconds",
+            "Duration of purge passes.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.last_purge_success = Gauge(
+            "purger_last_purge_success_timestamp_seconds",
+            "Unix time of the last successful purge pass (0: never).",
+            registry=r,
+        )
+        self.overdue_records = Gauge(
+            "purger_overdue_records",
+            "Stored records past their expiry that no legal hold protects.",
+            ["category"],
+            registry=r,
+        )
+        self.legal_holds_active = Gauge(
+            "purger_legal_holds_active", "Legal holds currently active.", registry=r
+        )
+        self.records_held = Gauge(
+            "purger_records_held",
+            "Records preserved past their expiry by legal holds, by category.",
+            ["category"],
+            registry=r,
+        )
+        self.precreate(categories, topics)
+
+    def precreate(self, categories: Iterable[str], topics: Iterable[str]) -> None:
+        """Create every labelled series at zero so dashboards show zeros."""
+        for category in categories:
+            self.records_ingested.labels(category)
+            self.records_duplicate.labels(category)
+            self.records_purged.labels(category)
+            self.partitions_dropped.labels(category)
+            self.partitions_contended.labels(category)
+            self.overdue_records.labels(category)
+            self.records_held.labels(category)
+            for reason in REJECT_REASONS:
+                self.records_rejected.labels(category, reason)
+            for reason in DEAD_LETTER_REASONS:
+                self.records_dead_lettered.labels(category, reason)
+        for topic in topics:
+            self.consumer_lag.labels(topic)
+        for outcome in PURGE_OUTCOMES:
+            self.purge_runs.labels(outcome)

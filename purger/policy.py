@@ -1,0 +1,197 @@
+"""The retention policy: which categories exist, their topics and how long they are kept."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from purger.durations import Duration, parse_duration
+from purger.errors import DurationError, PolicyError
+from purger.yamlfile import line_of, load_yaml
+
+CATEGORY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _duration(value: Any) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    try:
+        duration = parse_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+    if duration.is_zero:
+        raise ValueError("a retention of zero keeps nothing; give a positive duration")
+    return duration
+
+
+RetentionDuration = Annotated[Duration, BeforeValidator(_duration)]
+
+
+class CategoryPolicy(BaseModel):
+    """One category of records: where it comes from and how long it is kept."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    topic: str
+    retention: RetentionDuration
+    controller: str = Field(min_length=1)
+    legal_basis: str = Field(min_length=1)
+    statement_row: str = Field(min_length=1)
+    description: str = ""
+    dead_letter_topic: str | None = None
+    tenant_overrides: dict[str, RetentionDuration] = Field(default_factory=dict)
+
+    @field_validator("topic", "dead_letter_topic")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and not TOPIC_NAME.match(value):
+            raise ValueError("a Kafka topic name has 1-249 characters of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("tenant_overrides")
+    @classmethod
+    def _tenants(cls, value: dict[str, Duration]) -> dict[str, Duration]:
+        for tenant in value:
+            if not isinstance(tenant, str) or not tenant.strip():
+                raise ValueError("tenant names must be non-empty strings")
+        return value
+
+
+class _PolicyFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(min_length=1)
+    categories: dict[str, CategoryPolicy] = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        # YAML reads 2026-11-28 as a date and 1.2 as a float; a version is text.
+        return str(value) if value is not None else value
+
+
+@dataclass(frozen=True)
+class Category:
+    """A category as the rest of the code sees it."""
+
+    name: str
+    policy: CategoryPolicy
+    dead_letter_topic: str
+
+    @property
+    def topic(self) -> str:
+        """The Kafka topic the category is consumed from."""
+        return self.policy.topic
+
+    def retention_for(self, tenant: str) -> Duration:
+        """The retention of ``tenant``'s records (its override, else the category's)."""
+        return self.policy.tenant_overrides.get(tenant, self.policy.retention)
+
+    def expires_at(self, tenant: str, occurred_at: datetime) -> datetime:
+        """``occurred_at + retention`` in UTC, per the project's expiry rule."""
+        return self.retention_for(tenant).add_to(occurred_at)
+
+    def longest_retention(self) -> Duration:
+        """The longest retention any tenant of this category has (for planning partitions)."""
+        return max(
+            [self.policy.retention, *self.policy.tenant_overrides.values()],
+            key=lambda d: d.approx_timedelta(),
+        )
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """The validated policy file."""
+
+    version: str
+    digest: str
+    source: str
+    categories: dict[str, Category]
+
+    def by_topic(self) -> dict[str, Category]:
+        """Map from Kafka topic to its category."""
+        return {c.topic: c for c in self.categories.values()}
+
+    def category(self, name: str) -> Category:
+        """The category called ``name``; PolicyError when unknown."""
+        try:
+            return self.categories[name]
+        except KeyError:
+            known = ", ".join(sorted(self.categories))
+            raise PolicyError(f"unknown category {name!r}; known: {known}") from None
+
+
+def load_policy(path: Path, dead_letter_suffix: str = ".dlq") -> RetentionPolicy:
+    """Load and validate the policy file; PolicyError names file, line, key and problem."""
+    data, lines = load_yaml(path)
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a mapping with 'version' and 'categories'")
+    try:
+        parsed = _PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_describe(path, exc, lines)) from None
+    return _build(path, parsed, dead_letter_suffix, lines)
+
+
+def policy_from_mapping(
+    data: dict[str, Any], source: str = "<policy>", dead_letter_suffix: str = ".dlq"
+) -> RetentionPolicy:
+    """Validate a policy given as a mapping (tests, generated policies)."""
+    try:
+        parsed = _PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_describe(Path(source), exc, {})) from None
+    return _build(Path(source), parsed, dead_letter_suffix, {})
+
+
+def _build(
+    path: Path, parsed: _PolicyFile, suffix: str, lines: dict[tuple[str | int, ...], int]
+) -> RetentionPolicy:
+    topics: dict[str, str] = {}
+    categories: dict[str, Category] = {}
+    for name, cat in parsed.categories.items():
+        where = _where(path, lines, ("categories", name))
+        if not CATEGORY_NAME.match(name):
+            raise PolicyError(
+                f"{where}: categories.{name}: a category name is 1-40 characters of "
+                "[a-z0-9_], starting with a letter"
+            )
+        dlq = cat.dead_letter_topic or f"{cat.topic}{suffix}"
+        for key, topic in (("topic", cat.topic), ("dead_letter_topic", dlq)):
+            if topic in topics:
+                raise PolicyError(
+                    f"{_where(path, lines, ('categories', name, key))}: categories.{name}.{key}: "
+                    f"topic {topic!r} is already used by category {topics[topic]!r}"
+                )
+            topics[topic] = name
+        categories[name] = Category(name=name, policy=cat, dead_letter_topic=dlq)
+    digest = hashlib.sha256(
+        repr(sorted((n, c.policy.model_dump_json()) for n, c in categories.items())).encode()
+    ).hexdigest()[:16]
+    return RetentionPolicy(
+        version=parsed.version, digest=digest, source=str(path), categories=categories
+    )
+
+
+def _where(path: Path, lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> str:
+    line = line_of(lines, loc)
+    return f"{path}, line {line}" if line else str(path)
+
+
+def _describe(path: Path, exc: ValidationError, lines: dict[tuple[str | int, ...], int]) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{_where(path, lines, loc)}: {key}: {message}")
+    return "invalid retention policy:\n  " + "\n  ".join(problems)

@@ -1,0 +1,22 @@
+-- Template of a category's parent table; {parent}, {gin_index} and
+-- {tenant_index} are filled in with psycopg.sql.Identifier, never by string
+-- formatting. Partitioned by range on expires_at: destroying a day of
+-- records is a partition drop.
+CREATE TABLE IF NOT EXISTS purger.{parent} (
+    record_id        text NOT NULL,
+    tenant           text NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    expires_at       timestamptz NOT NULL,
+    ingested_at      timestamptz NOT NULL DEFAULT now(),
+    subject_keys     text[] NOT NULL DEFAULT '{{}}',
+    subjects         jsonb NOT NULL,
+    payload          jsonb NOT NULL,
+    source_topic     text,
+    source_partition integer,
+    source_offset    bigint,
+    PRIMARY KEY (expires_at, record_id)
+) PARTITION BY RANGE (expires_at);
+-- "Every record of +31612345678, across categories" is a GIN look-up per category.
+CREATE INDEX IF NOT EXISTS {gin_index} ON purger.{parent} USING gin (subject_keys);
+-- Holds scoped to a tenant (and an occurred_at window) find their records by index.
+CREATE INDEX IF NOT EXISTS {tenant_index} ON purger.{parent} (tenant, occurred_at);

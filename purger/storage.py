@@ -1,0 +1,225 @@
+"""The storage API the consumers use: migrate, store a batch, read statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from purger import migrations
+from purger.db import connect, wrap_errors
+from purger.errors import StorageError
+from purger.partitions import PartitionManager, ensure_category_table, is_missing_partition
+from purger.partitions import parent_table as parent_of
+from purger.policy import RetentionPolicy
+from purger.queries import query, template
+from purger.records import Record
+
+_COPY_TYPES = [
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "text[]",
+    "jsonb",
+    "jsonb",
+    "text",
+    "int4",
+    "int8",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded record with its expiry and where it came from."""
+
+    record: Record
+    expires_at: datetime
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What became of a batch: inserted, already stored (redelivery), expired on arrival."""
+
+    inserted: int
+    duplicates: int
+    expired_on_arrival: int
+
+
+class Storage:
+    """One connection's worth of storage operations; not thread-safe."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        policy: RetentionPolicy,
+        granularity: timedelta = timedelta(days=1),
+        role: str = "storage",
+    ) -> None:
+        self.conninfo = conninfo
+        self.policy = policy
+        self.partitions = PartitionManager(granularity)
+        self.role = role
+        self._conn: psycopg.Connection[Any] | None = None
+        self._staging: set[str] = set()
+
+    # -- connection -------------------------------------------------------------
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The open connection, (re)connecting when needed."""
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.conninfo, role=self.role)
+            self._staging.clear()
+        return self._conn
+
+    def reset(self) -> None:
+        """Forget the connection (after an outage); the next call reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+        self._conn = None
+        self._staging.clear()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.reset()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless PostgreSQL answers."""
+        with wrap_errors("ping"):
+            self.conn.execute("SELECT 1")
+            self.conn.rollback()
+
+    # -- schema -----------------------------------------------------------------
+    def migrate(self, partitions_ahead: int = 3, now: datetime | None = None) -> list[str]:
+        """Apply migrations, create category tables and the partitions needed soon."""
+        applied = migrations.migrate(self.conn)
+        for category in self.policy.categories.values():
+            ensure_category_table(self.conn, category)
+            self.partitions.ensure_ahead(
+                self.conn, category, now or datetime.now(UTC), partitions_ahead
+            )
+        return [f"{m.version:04d}_{m.name}" for m in applied]
+
+    # -- ingestion --------------------------------------------------------------
+    def store_batch(self, category: str, items: Sequence[Envelope]) -> BatchResult:
+        """Store the records of one category; see ``store``."""
+        return self.store({category: items})[category]
+
+    def store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
+        """Store a polled batch (records by category) in one transaction, idempotently.
+
+        A record whose expiry has passed by the database clock is not stored and
+        is counted as expired on arrival. Raises DatabaseUnavailable on an outage
+        (nothing committed) and StorageError on other database errors.
+        """
+        batch = {c: items for c, items in batch.items() if items}
+        for category in batch:
+            self.policy.category(category)
+        horizon = datetime.now(UTC) - timedelta(minutes=1)
+        for attempt in (1, 2):
+            for category, items in batch.items():
+                live_guess = [i.expires_at for i in items if i.expires_at > horizon]
+                self.partitions.ensure(self.conn, category, live_guess)
+            try:
+                return self._store(batch)
+            except StorageError as exc:
+                if attempt == 1 and is_missing_partition(exc.__cause__ or exc):
+                    # A partition we believed in is gone (dropped by a purge or by hand).
+                    for category in batch:
+                        self.partitions.forget(category)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
+        conn = self.conn
+        results: dict[str, BatchResult] = {}
+        with wrap_errors("store batch"), conn.transaction():
+            now_db: datetime | None = None
+            # Sorted, so that two workers never wait for each other's locks in a cycle.
+            for category in sorted(batch):
+                row = conn.execute(query("ingest_lock_shared"), {"category": category}).fetchone()
+                assert row is not None
+                now_db = now_db or row[1]
+            for category in sorted(batch):
+                assert now_db is not None
+                results[category] = self._insert(conn, category, batch[category], now_db)
+        return results
+
+    def _insert(
+        self,
+        conn: psycopg.Connection[Any],
+        category: str,
+        items: Sequence[Envelope],
+        now_db: datetime,
+    ) -> BatchResult:
+        live = [i for i in items if i.expires_at > now_db]
+        expired = len(items) - len(live)
+        if not live:
+            return BatchResult(0, 0, expired)
+        parent = sql.Identifier(parent_of(category))
+        staging = sql.Identifier(f"staging_{category}")
+        if category not in self._staging:
+            conn.execute(template("create_staging", staging=staging, parent=parent))
+            self._staging.add(category)
+        with conn.cursor() as cur:
+            copy_sql = template("copy_staging", staging=staging)
+            with cur.copy(sql.SQL("{} (FORMAT BINARY)").format(copy_sql)) as copy:
+                copy.set_types(_COPY_TYPES)
+                for item in live:
+                    rec = item.record
+                    copy.write_row(
+                        (
+                            rec.record_id,
+                            rec.tenant,
+                            rec.occurred_at,
+                            item.expires_at,
+                            rec.subject_keys,
+                            Jsonb(rec.subjects),
+                            Jsonb(rec.payload),
+                            item.topic,
+                            item.partition,
+                            item.offset,
+                        )
+                    )
+            result = cur.execute(
+                template("insert_from_staging", staging=staging, parent=parent),
+                {"category": category, "granularity": self.partitions.granularity},
+            ).fetchone()
+        inserted = int(result[0]) if result else 0
+        return BatchResult(inserted, len(live) - inserted, expired)
+
+    # -- statistics -------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per category: records stored, partitions, oldest and newest expiry."""
+        out: dict[str, dict[str, Any]] = {}
+        with wrap_errors("stats"), self.conn.transaction():
+            for name in self.policy.categories:
+                row = self.conn.execute(query("category_stats"), {"category": name}).fetchone()
+                rng = self.conn.execute(
+                    template("expiry_range", parent=sql.Identifier(parent_of(name)))
+                ).fetchone()
+                out[name] = {
+                    "records": int(row[1]) if row else 0,
+                    "partitions": int(row[0]) if row else 0,
+                    "oldest_expiry": rng[0].isoformat() if rng and rng[0] else None,
+                    "newest_expiry": rng[1].isoformat() if rng and rng[1] else None,
+                }
+        return out
