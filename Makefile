@@ -42,7 +42,7 @@ test: venv services tools ## Everything: lint, unit, integration and deploy chec
 	$(BIN)/pytest -q
 
 demo: venv services ## Ingest sample traffic of all four categories, purge, verify the audit trail.
-	$(BIN)/python -m purger.demo
+	$(BIN)/python -m consumers.demo
 
 bench: venv services ## Benchmarks (not part of `make test`); appends to BENCHMARKS.md.
 	$(BIN)/python -m benchmarks.run

@@ -67,5 +67,6 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # kafka-python logs at INFO about every connection; keep our lines readable.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # kafka-python logs every failed connection attempt at ERROR, many per second;
+    # readiness (/readyz) and our own messages report an unreachable broker.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)

@@ -23,44 +23,50 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         categories: Iterable[str] = (),
         topics: Iterable[str] = (),
+        *,
+        ingest: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # With several worker processes the ingest metrics live in the workers
+        # (prometheus multiprocess files) and the parent must not register them too.
         r = self.registry
+        ri = r if ingest else CollectorRegistry()
         self.records_ingested = Counter(
-            "purger_records_ingested", "Records stored, by category.", ["category"], registry=r
+            "purger_records_ingested", "Records stored, by category.", ["category"], registry=ri
         )
         self.records_rejected = Counter(
             "purger_records_rejected",
             "Records not stored (dead-lettered or expired on arrival), by category and reason.",
             ["category", "reason"],
-            registry=r,
+            registry=ri,
         )
         self.records_dead_lettered = Counter(
             "purger_records_dead_lettered",
             "Records written to the dead-letter topic, by category and reason.",
             ["category", "reason"],
-            registry=r,
+            registry=ri,
         )
         self.records_duplicate = Counter(
             "purger_records_duplicate",
             "Redelivered records that were already stored, by category.",
             ["category"],
-            registry=r,
+            registry=ri,
         )
         self.consumer_lag = Gauge(
             "purger_consumer_lag_records",
             "Records not yet consumed (end offset minus position), by topic.",
             ["topic"],
-            registry=r,
+            registry=ri,
+            multiprocess_mode="livesum",
         )
         self.ingest_batch_duration = Histogram(
             "purger_ingest_batch_duration_seconds",
             "Time from poll to offset commit of one batch.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
+            registry=ri,
         )
         self.database_retries = Counter(
-            "purger_database_retries", "Retries after the database was unavailable.", registry=r
+            "purger_database_retries", "Retries after the database was unavailable.", registry=ri
         )
         self.records_purged = Counter(
             "purger_records_purged", "Records destroyed by purge passes.", ["category"], registry=r

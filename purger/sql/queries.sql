@@ -82,3 +82,89 @@ FROM purger.partitions WHERE category = %(category)s;
 
 -- name: expiry_range
 SELECT min(expires_at), max(expires_at) FROM purger.{parent};
+
+-- name: audit_lock
+SELECT pg_advisory_xact_lock(hashtextextended('purger.audit', 0));
+
+-- name: audit_last
+SELECT seq, hash FROM purger.audit_log ORDER BY seq DESC LIMIT 1;
+
+-- name: audit_insert
+INSERT INTO purger.audit_log (seq, kind, recorded_at, content, prev_hash, hash)
+VALUES (%(seq)s, %(kind)s, %(recorded_at)s, %(content)s, %(prev_hash)s, %(hash)s);
+
+-- name: audit_set_head
+INSERT INTO purger.audit_head (singleton, seq, hash) VALUES (true, %(seq)s, %(hash)s)
+ON CONFLICT (singleton) DO UPDATE SET seq = excluded.seq, hash = excluded.hash;
+
+-- name: audit_head
+SELECT seq, hash FROM purger.audit_head;
+
+-- name: audit_entries
+SELECT seq, kind, recorded_at, content, prev_hash, hash FROM purger.audit_log
+WHERE recorded_at >= %(since)s ORDER BY seq;
+
+-- name: audit_all
+SELECT seq, kind, recorded_at, content, prev_hash, hash FROM purger.audit_log ORDER BY seq;
+
+-- name: audit_last_of_kind
+SELECT seq, kind, recorded_at, content, prev_hash, hash FROM purger.audit_log
+WHERE kind = %(kind)s ORDER BY seq DESC LIMIT 1;
+
+-- name: purge_candidates
+-- Partitions that hold anything expired at T: wholly expired ones and the one containing T.
+SELECT partition_name, range_start, range_end, row_count, state
+FROM purger.partitions
+WHERE category = %(category)s AND range_start < %(t)s
+ORDER BY range_start;
+
+-- name: attached_partitions
+SELECT c.relname, i.inhdetachpending
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+JOIN pg_namespace n ON n.oid = p.relnamespace
+WHERE n.nspname = 'purger' AND p.relname = %(parent)s;
+
+-- name: set_partition_state
+UPDATE purger.partitions SET state = %(state)s WHERE partition_name = %(name)s;
+
+-- name: unregister_partition
+DELETE FROM purger.partitions WHERE partition_name = %(name)s RETURNING row_count;
+
+-- name: detach_concurrently
+ALTER TABLE purger.{parent} DETACH PARTITION purger.{partition} CONCURRENTLY;
+
+-- name: detach_finalize
+ALTER TABLE purger.{parent} DETACH PARTITION purger.{partition} FINALIZE;
+
+-- name: drop_partition
+DROP TABLE purger.{partition};
+
+-- name: delete_expired_batch
+WITH doomed AS (
+    SELECT ctid FROM purger.{partition} WHERE expires_at <= %(t)s LIMIT %(limit)s
+), deleted AS (
+    DELETE FROM purger.{partition} d USING doomed WHERE d.ctid = doomed.ctid
+    RETURNING d.expires_at
+)
+SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
+
+-- name: count_expired
+SELECT count(*) FROM purger.{partition} WHERE expires_at <= %(t)s;
+
+-- name: decrement_rows
+UPDATE purger.partitions SET row_count = greatest(row_count - %(n)s, 0)
+WHERE partition_name = %(name)s;
+
+-- name: count_overdue
+SELECT count(*) FROM purger.{parent} WHERE expires_at <= %(t)s;
+
+-- name: try_lock
+SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0));
+
+-- name: unlock
+SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0));
+
+-- name: db_now
+SELECT clock_timestamp();

@@ -1,0 +1,150 @@
+"""The purge scheduler: APScheduler ticks, one leader among replicas.
+
+Leadership is a session-level advisory lock held on a dedicated connection for
+as long as the replica lives: exactly one replica passes on each tick, and when
+it dies its connection closes and the next replica's tick takes over. A pod that
+was paused runs the missed pass once (coalesce, generous misfire grace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from purger.db import connect
+from purger.errors import ConfigError, PurgerError
+from purger.metrics import Metrics
+from purger.purge import OUTCOME_NOT_LEADER, PassReport, Purger
+from purger.queries import query
+
+log = logging.getLogger("purger.scheduler")
+
+LEADER_LOCK = "purger.scheduler-leader"
+
+
+def trigger_for(schedule: str) -> BaseTrigger:
+    """A 5-field cron (minute precision) or 6-field cron (seconds first), in UTC."""
+    fields = schedule.split()
+    try:
+        if len(fields) == 5:
+            return CronTrigger.from_crontab(schedule, timezone=UTC)
+        if len(fields) == 6:
+            second, minute, hour, day, month, dow = fields
+            return CronTrigger(
+                second=second, minute=minute, hour=hour, day=day, month=month,
+                day_of_week=dow, timezone=UTC,
+            )
+    except ValueError as exc:
+        raise ConfigError(f"purge_schedule: not a cron expression ({exc})") from None
+    raise ConfigError("purge_schedule: give 5 cron fields (or 6, seconds first)")
+
+
+class Leadership:
+    """The leader lock on its own connection."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._conn: psycopg.Connection[Any] | None = None
+        self.is_leader = False
+
+    def acquire(self) -> bool:
+        """True when this replica holds (or just took) the leader lock."""
+        try:
+            if self._conn is not None and not self._conn.closed:
+                self._conn.execute("SELECT 1")
+                if self.is_leader:
+                    return True
+            else:
+                self._conn = connect(self.conninfo, autocommit=True, role="leader")
+                self.is_leader = False
+            row = self._conn.execute(query("try_lock"), {"key": LEADER_LOCK}).fetchone()
+            self.is_leader = bool(row and row[0])
+        except (psycopg.Error, PurgerError):
+            # Lost the connection, and with it any lock: start over next tick.
+            self.release()
+        return self.is_leader
+
+    def release(self) -> None:
+        """Give up leadership (closing the connection releases the lock)."""
+        self.is_leader = False
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+
+class PurgeScheduler:
+    """Runs passes on the schedule, and keeps the overdue gauge fresh."""
+
+    def __init__(
+        self,
+        purger: Purger,
+        metrics: Metrics,
+        schedule: str,
+        *,
+        misfire_grace_seconds: int,
+        overdue_refresh_seconds: int,
+    ) -> None:
+        self.purger = purger
+        self.metrics = metrics
+        self.leadership = Leadership(purger.conninfo)
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": misfire_grace_seconds,
+            },
+        )
+        self.scheduler.add_job(self.tick, trigger_for(schedule), id="purge", name="purge pass")
+        self.scheduler.add_job(
+            self.refresh_overdue,
+            IntervalTrigger(seconds=overdue_refresh_seconds, timezone=UTC),
+            id="overdue",
+            name="overdue gauge",
+            next_run_time=datetime.now(UTC),
+        )
+        self.last_report: PassReport | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start ticking in a background thread; export the last success from the trail."""
+        try:
+            last = self.purger.last_success()
+        except PurgerError:
+            last = None
+        self.metrics.last_purge_success.set(last.timestamp() if last else 0)
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop ticking; wait for a running pass to finish."""
+        self.scheduler.shutdown(wait=True)
+        self.leadership.release()
+
+    def tick(self) -> PassReport | None:
+        """One scheduled tick: pass if this replica leads, else record that it did not."""
+        with self._lock:
+            if not self.leadership.acquire():
+                self.metrics.purge_runs.labels(OUTCOME_NOT_LEADER).inc()
+                log.info("not the leader; another replica runs this pass")
+                return None
+            report = self.purger.run_pass()
+            self.last_report = report
+            self.refresh_overdue()
+            return report
+
+    def refresh_overdue(self) -> None:
+        """Recount overdue records (cheap: an index count per category)."""
+        try:
+            self.purger.overdue()
+        except PurgerError as exc:
+            log.warning("overdue count failed: %s", exc)
