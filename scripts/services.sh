@@ -24,6 +24,8 @@
 #   PURGER_KAFKA_READY_TIMEOUT    seconds, default 120
 #   PURGER_PG_PORT                default 5432 (127.0.0.1)
 #   PURGER_PG_READY_TIMEOUT       seconds, default 60
+#   PURGER_SERVICES_PYTHON        Python for the Kafka readiness probe (default: .venv/bin/python,
+#                                 else python3; with kafka-python it also does a list_topics)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -122,8 +124,11 @@ port_open() {
 }
 
 python_bin() {
-    # The project's venv when present (it has kafka-python), else the system Python.
-    if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then
+    # PURGER_SERVICES_PYTHON, else the project's venv when present (it has kafka-python), else
+    # the system Python.
+    if [[ -n "${PURGER_SERVICES_PYTHON:-}" ]]; then
+        echo "$PURGER_SERVICES_PYTHON"
+    elif [[ -x "$REPO_DIR/.venv/bin/python" ]]; then
         echo "$REPO_DIR/.venv/bin/python"
     elif command -v python3 >/dev/null 2>&1; then
         command -v python3
@@ -260,8 +265,9 @@ SQL
 }
 
 pg_check_login() {
-    PGCONNECT_TIMEOUT=5 psql -X -q -t -A "$DATABASE_URL" -c 'select 1' 2>>"$STEP_LOG_DIR/postgres.log" \
-        | grep -qx 1
+    local out
+    out="$(PGCONNECT_TIMEOUT=5 psql -X -q -t -A "$DATABASE_URL" -c 'select 1' 2>>"$STEP_LOG_DIR/postgres.log")" \
+        && [[ "$out" == 1 ]]
 }
 
 pg_down() {
@@ -501,9 +507,11 @@ kafka_up() {
     kafka_format
 
     log "starting Kafka $KAFKA_VERSION on $KAFKA_BOOTSTRAP (server log: $KAFKA_SERVER_LOG, stdout: $KAFKA_OUT)"
-    {
-        echo "==== $(date -u +%FT%TZ) starting kafka.Kafka $KAFKA_PROPS"
-    } >>"$KAFKA_OUT"
+    # Start markers, so a log tail after a failure shows where this attempt begins.
+    local marker
+    marker="==== $(date -u +%FT%TZ) scripts/services.sh: starting kafka.Kafka $KAFKA_PROPS"
+    echo "$marker" >>"$KAFKA_OUT"
+    echo "$marker" >>"$KAFKA_SERVER_LOG"
     # shellcheck disable=SC2086  # heap options are a word list
     nohup java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \

@@ -101,8 +101,30 @@ Name of the ConfigMap with the retention policy.
 The retention policy file rendered from values (the format of config/retention.yaml).
 */}}
 {{- define "purger.policy" -}}
-{{- $policy := dict "version" (toString .Values.policy.version) "categories" .Values.policy.categories }}
-{{- toYaml $policy }}
+{{- $known := list "topic" "retention" "controller" "legal_basis" "statement_row" "description" "tenant_overrides" -}}
+version: {{ .Values.policy.version | toString | toJson }}
+categories:
+{{- range $name, $category := .Values.policy.categories }}
+  {{ $name }}:
+    {{- range $key := $known }}
+    {{- if ne $key "tenant_overrides" }}
+    {{- if hasKey $category $key }}
+    {{ $key }}: {{ index $category $key | toString | toJson }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+    {{- with $category.tenant_overrides }}
+    tenant_overrides:
+      {{- range $tenant, $retention := . }}
+      {{ $tenant | toJson }}: {{ $retention | toString | toJson }}
+      {{- end }}
+    {{- else }}
+    tenant_overrides: {}
+    {{- end }}
+    {{- with omit $category "topic" "retention" "controller" "legal_basis" "statement_row" "description" "tenant_overrides" }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -121,6 +143,9 @@ Checks of the values that a JSON schema cannot express. Included by every worklo
 {{- define "purger.validate" -}}
 {{- if and (include "purger.kafkaSasl" .) (not .Values.kafka.sasl.existingSecret) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.existingSecret: the name of an existing Secret with the SASL username and password" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- if and (include "purger.kafkaTls" .) (not .Values.kafka.tls.caKey) (not .Values.kafka.tls.certKey) }}
+{{- fail "kafka.tls.existingSecret is set but neither kafka.tls.caKey nor kafka.tls.certKey names a key in it" }}
 {{- end }}
 {{- if and .Values.kafka.tls.certKey (not .Values.kafka.tls.keyKey) }}
 {{- fail "kafka.tls.certKey is set but kafka.tls.keyKey is not: a client certificate needs its key" }}
@@ -226,7 +251,7 @@ own copy): include "purger.volumes" (list . $configMapName)
 */}}
 {{- define "purger.volumes" -}}
 {{- $root := index . 0 }}
-{{- $policyConfigMap := index . 1 }}
+{{- $policyConfigMap := index . 1 -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ $root.Values.tmpSizeLimit }}
@@ -259,10 +284,10 @@ own copy): include "purger.volumes" (list . $configMapName)
 {{- end }}
 
 {{/*
-Pod-level settings shared by every purger pod (Deployments, Jobs, the test pod).
+Pod-level settings shared by every purger pod (Deployments, Jobs, the test pod); the
+ServiceAccount name is set by each template.
 */}}
 {{- define "purger.podSpecCommon" -}}
-serviceAccountName: {{ include "purger.serviceAccountName" . }}
 automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -316,8 +341,15 @@ checksum/policy: {{ include "purger.policy" . | sha256sum }}
 {{- end }}
 
 {{/*
-PromQL duration of a number of seconds.
+PromQL duration of a number of seconds, in the largest whole unit: 7200 -> 2h, 5400 -> 90m.
 */}}
-{{- define "purger.seconds" -}}
-{{- printf "%ds" (int .) }}
+{{- define "purger.promDuration" -}}
+{{- $s := int . }}
+{{- if and (gt $s 0) (eq (mod $s 3600) 0) }}
+{{- printf "%dh" (div $s 3600) }}
+{{- else if and (gt $s 0) (eq (mod $s 60) 0) }}
+{{- printf "%dm" (div $s 60) }}
+{{- else }}
+{{- printf "%ds" $s }}
+{{- end }}
 {{- end }}
