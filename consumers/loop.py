@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.coordinator.base import MemberState
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -370,9 +371,10 @@ class ConsumerWorker:
         assert consumer is not None
         assignment = consumer.assignment()
         if not assignment:
-            # Joined but given nothing (more workers than partitions): idle once
-            # the group has had time to settle.
-            return idle_polls >= 6
+            # Idle only once the group is stable and gave this member nothing (more
+            # workers than partitions); before the first join, nothing is assigned yet.
+            stable = consumer.group_metadata().state is MemberState.STABLE
+            return stable and idle_polls >= 3
         try:
             ends = consumer.end_offsets(list(assignment))
             return all(consumer.position(tp) >= ends[tp] for tp in assignment) and not any(
