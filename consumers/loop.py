@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +51,8 @@ class CategoryCounts:
     stored: int = 0
     duplicates: int = 0
     expired_on_arrival: int = 0
+    # Arrived expired but covered by a legal hold: stored in held storage.
+    held: int = 0
     dead_lettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: CategoryCounts) -> None:
@@ -57,6 +60,7 @@ class CategoryCounts:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.expired_on_arrival += other.expired_on_arrival
+        self.held += other.held
         for reason, n in other.dead_lettered.items():
             self.dead_lettered[reason] += n
 
@@ -66,6 +70,7 @@ class CategoryCounts:
             "stored": self.stored,
             "duplicates": self.duplicates,
             "expired_on_arrival": self.expired_on_arrival,
+            "held": self.held,
             "dead_lettered": sum(self.dead_lettered.values()),
             "dead_lettered_by_reason": dict(sorted(self.dead_lettered.items())),
         }
@@ -254,7 +259,7 @@ class ConsumerWorker:
             total = BatchResult(0, 0, 0)
             for item in items:
                 try:
-                    one = self._retrying(lambda item=item, name=name: storage.store_batch(name, [item]))
+                    one = self._retrying(partial(storage.store_batch, name, [item]))
                 except StorageError:
                     rejected.append(
                         DeadLetter(
@@ -274,6 +279,7 @@ class ConsumerWorker:
                     total.inserted + one.inserted,
                     total.duplicates + one.duplicates,
                     total.expired_on_arrival + one.expired_on_arrival,
+                    total.held + one.held,
                 )
             results[name] = total
         return results, rejected
@@ -324,6 +330,7 @@ class ConsumerWorker:
             counts.stored += result.inserted
             counts.duplicates += result.duplicates
             counts.expired_on_arrival += result.expired_on_arrival
+            counts.held += result.held
             m.records_ingested.labels(name).inc(result.inserted)
             m.records_duplicate.labels(name).inc(result.duplicates)
             m.records_rejected.labels(name, REASON_EXPIRED_ON_ARRIVAL).inc(

@@ -69,11 +69,12 @@ def kafka_check(settings: Settings) -> Callable[[], None]:
 
     def check() -> None:
         try:
-            if state["admin"] is None:
-                state["admin"] = KafkaAdminClient(
+            admin = state["admin"]
+            if admin is None:
+                admin = state["admin"] = KafkaAdminClient(
                     **client_options(settings), request_timeout_ms=5000
                 )
-            state["admin"].describe_cluster()
+            admin.describe_cluster()
         except (KafkaError, OSError) as exc:
             admin, state["admin"] = state["admin"], None
             if admin is not None:
@@ -119,7 +120,7 @@ class MultiprocessMetrics:
         """Serve the workers' metrics from ``registry``."""
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry, path=self.path)
+        multiprocess.MultiProcessCollector(registry, path=self.path)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Remove the directory."""

@@ -25,12 +25,12 @@ def _load(filename: str) -> dict[str, str]:
 
 def query(name: str, filename: str = "queries.sql") -> sql.SQL:
     """The named query as a composable (values go in as parameters)."""
-    return sql.SQL(_load(filename)[name])  # type: ignore[arg-type]
+    return sql.SQL(_load(filename)[name])
 
 
-def template(name: str, filename: str = "queries.sql", **identifiers: Any) -> sql.Composed:
+def template(name: str, **identifiers: Any) -> sql.Composed:
     """The named query with ``{placeholders}`` filled by ``sql.Identifier``/``sql.Literal``."""
-    return query(name, filename).format(**identifiers)
+    return query(name).format(**identifiers)
 
 
 def sql_file(filename: str) -> str:

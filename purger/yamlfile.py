@@ -41,7 +41,7 @@ def _convert(node: yaml.Node, loc: Location, lines: dict[Location, int], path: P
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader(" ").construct_object(key_node)  # type: ignore[no-untyped-call]
+            key = yaml.SafeLoader(" ").construct_object(key_node)
             if key in out:
                 raise ConfigError(
                     f"{path}, line {key_node.start_mark.line + 1}: duplicate key {key!r}"
@@ -52,7 +52,7 @@ def _convert(node: yaml.Node, loc: Location, lines: dict[Location, int], path: P
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*loc, i), lines, path) for i, item in enumerate(node.value)]
-    return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call]
+    return yaml.SafeLoader(" ").construct_object(node)
 
 
 def line_of(lines: dict[Location, int], loc: Location) -> int | None:

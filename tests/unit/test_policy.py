@@ -106,3 +106,8 @@ def test_help_lists_every_setting_with_its_env_var() -> None:
     text = describe_settings()
     for name in ("PURGER_DATABASE_URL", "PURGER_PURGE_SCHEDULE", "PURGER_KAFKA_SASL_PASSWORD"):
         assert name in text
+
+
+def test_the_example_settings_file_loads() -> None:
+    settings = load_settings(REPO / "config" / "purger.example.yaml")
+    assert settings.policy_file == Path("config/retention.yaml")
