@@ -33,23 +33,9 @@ from tests.integration.support import (
     stable_members,
     wait_until,
 )
+from tests.samples import BAD_REASONS, MESSAGES
 
 pytestmark = pytest.mark.integration
-
-DATA = REPO / "tests" / "data" / "messages"
-
-# What each copied bad sample must be dead-lettered as.
-BAD_REASONS = {
-    "binary-garbage.bin": "not_utf8",
-    "empty-record-id.json": "invalid_field",
-    "far-future.json": "future_timestamp",
-    "invalid-msisdn.json": "invalid_identifier",
-    "missing-record-id.json": "missing_field",
-    "naive-timestamp.json": "naive_timestamp",
-    "not-an-object.json": "not_an_object",
-    "truncated-json.json": "invalid_json",
-    "unparseable-timestamp.json": "invalid_timestamp",
-}
 
 
 def message(record_id: str, occurred: datetime, **subjects: Any) -> bytes:
@@ -90,7 +76,7 @@ def test_each_category_is_stored_with_its_expiry(
     now = datetime.now(UTC)
     sent: dict[str, list[str]] = {}
     for name, topic in topics.items():
-        sample = json.loads((DATA / "good" / f"{name}.json").read_text())
+        sample = json.loads((MESSAGES / "good" / f"{name}.json").read_text())
         producer.send(topic, json.dumps(sample).encode())
         clamp = datetime(now.year, 8, 31, 12, tzinfo=UTC)
         if clamp > now or name == "call_recordings":
@@ -141,7 +127,7 @@ def test_bad_messages_are_dead_lettered_and_the_partition_keeps_flowing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic = topics["cdr"]
-    bad = sorted(p for p in (DATA / "bad").iterdir())
+    bad = sorted(p for p in (MESSAGES / "bad").iterdir())
     assert {p.name for p in bad} == set(BAD_REASONS), "a bad sample without an expected reason"
     recent = datetime.now(UTC) - timedelta(hours=1)
     values = (

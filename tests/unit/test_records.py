@@ -12,27 +12,16 @@ from hypothesis import strategies as st
 
 from purger.errors import InvalidMessage
 from purger.records import DEAD_LETTER_REASONS, decode
+from tests.samples import BAD_REASONS, MESSAGES
 
-DATA = Path(__file__).parents[1] / "data" / "messages"
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
-BAD_REASONS = {
-    "binary-garbage.bin": "not_utf8",
-    "empty-record-id.json": "invalid_field",
-    "far-future.json": "future_timestamp",
-    "invalid-msisdn.json": "invalid_identifier",
-    "missing-record-id.json": "missing_field",
-    "naive-timestamp.json": "naive_timestamp",
-    "not-an-object.json": "not_an_object",
-    "truncated-json.json": "invalid_json",
-    "unparseable-timestamp.json": "invalid_timestamp",
-}
 
 
 def _decode(value: bytes) -> object:
     return decode(value, now=NOW, future_tolerance=timedelta(days=1))
 
 
-@pytest.mark.parametrize("path", sorted((DATA / "bad").iterdir()), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((MESSAGES / "bad").iterdir()), ids=lambda p: p.name)
 def test_every_bad_sample_is_refused_with_its_reason(path: Path) -> None:
     with pytest.raises(InvalidMessage) as caught:
         _decode(path.read_bytes())
@@ -43,7 +32,7 @@ def test_every_bad_sample_is_refused_with_its_reason(path: Path) -> None:
         assert secret not in str(caught.value)
 
 
-@pytest.mark.parametrize("path", sorted((DATA / "good").iterdir()), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((MESSAGES / "good").iterdir()), ids=lambda p: p.name)
 def test_every_good_sample_decodes(path: Path) -> None:
     raw = json.loads(path.read_bytes())
     record = decode(path.read_bytes(), now=NOW, future_tolerance=timedelta(days=1))
