@@ -85,7 +85,10 @@ def main() -> int:
                 values.append(samples.message(name, f"demo-{run}-{name}-soon-{i}", occurred, rng))
             sent = samples.produce(producer, category.topic, [samples.encode(v) for v in values])
             extra = samples.produce(producer, category.topic, BAD) if name == "cdr" else 0
-            _say(f"   {category.topic:<30} {sent} valid messages" + (f", {extra} bad ones" if extra else ""))
+            _say(
+                f"   {category.topic:<30} {sent} valid messages"
+                + (f", {extra} bad ones" if extra else "")
+            )
     finally:
         producer.close()
 
@@ -108,7 +111,9 @@ def main() -> int:
     report = purger.run_pass()
     _say(f"5. purge pass {report.pass_id}: {report.outcome}")
     for name, cat in report.categories.items():
-        _say(f"   {name:<16} removed {cat.rows_purged} records, {cat.partitions_dropped} partitions")
+        _say(
+            f"   {name:<16} removed {cat.rows_purged} records, {cat.partitions_dropped} partitions"
+        )
     overdue = purger.overdue()
     _say(f"   overdue after the pass: {sum(overdue.values())} records")
     with connect(settings.conninfo(), autocommit=True) as conn:

@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -331,7 +331,8 @@ class ConsumerWorker:
             counts.duplicates += result.duplicates
             counts.expired_on_arrival += result.expired_on_arrival
             counts.held += result.held
-            m.records_ingested.labels(name).inc(result.inserted)
+            # Held records are stored too (in held storage): they count as ingested.
+            m.records_ingested.labels(name).inc(result.inserted + result.held)
             m.records_duplicate.labels(name).inc(result.duplicates)
             m.records_rejected.labels(name, REASON_EXPIRED_ON_ARRIVAL).inc(
                 result.expired_on_arrival

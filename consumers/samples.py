@@ -19,7 +19,9 @@ def _msisdn(rng: random.Random) -> str:
     return rng.choice((f"+31{digits}", f"0{digits}", f"0031{digits}"))
 
 
-def message(category: str, record_id: str, occurred_at: datetime, rng: random.Random) -> dict[str, Any]:
+def message(
+    category: str, record_id: str, occurred_at: datetime, rng: random.Random
+) -> dict[str, Any]:
     """One contract-conforming message of ``category`` (about 300 bytes as JSON)."""
     base: dict[str, Any] = {
         "record_id": record_id,

@@ -16,6 +16,7 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from prometheus_client import multiprocess
 
 from consumers.kafka_config import client_options
 from consumers.loop import IngestSummary
@@ -118,8 +119,6 @@ class MultiprocessMetrics:
 
     def collector_into(self, registry: Any) -> None:
         """Serve the workers' metrics from ``registry``."""
-        from prometheus_client import multiprocess
-
         multiprocess.MultiProcessCollector(registry, path=self.path)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:

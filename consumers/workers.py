@@ -9,11 +9,11 @@ import signal
 import threading
 from typing import Any
 
+from consumers.loop import ConsumerWorker, IngestSummary
+from purger import logs
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
-
-from consumers.loop import ConsumerWorker, IngestSummary
 
 log = logging.getLogger("purger.workers")
 
@@ -34,12 +34,11 @@ def _child(
     settings: Settings,
     policy: RetentionPolicy,
     worker_id: int,
+    *,
     until_idle: bool,
     stop: Any,
     results: Any,
 ) -> None:
-    from purger import logs
-
     logs.configure(settings.log_format, settings.log_level)
     local_stop = threading.Event()
 
@@ -77,7 +76,8 @@ def run_processes(
     procs = [
         ctx.Process(
             target=_child,
-            args=(settings, policy, i, until_idle, mp_stop, results),
+            args=(settings, policy, i),
+            kwargs={"until_idle": until_idle, "stop": mp_stop, "results": results},
             name=f"purger-consumer-{i}",
         )
         for i in range(workers)

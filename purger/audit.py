@@ -8,6 +8,7 @@ chain, and ``verify`` names the first entry that was modified, removed or moved.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from purger.db import wrap_errors
@@ -96,6 +98,20 @@ def _rows(conn: psycopg.Connection[Any], since: datetime | None) -> Iterator[Aud
             yield AuditEntry(int(seq), kind, recorded_at, content, prev_hash, digest)
 
 
+@contextlib.contextmanager
+def _snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A read-only transaction on one snapshot, so that the entries and the head agree.
+
+    Under READ COMMITTED an entry appended while the chain is read moves the head
+    past the last entry read: to ``verify`` that looks exactly like removed entries.
+    """
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    with conn.transaction():
+        if idle:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
 @dataclass(frozen=True)
 class Verification:
     """The result of ``verify``."""
@@ -121,7 +137,7 @@ class Verification:
 
 def verify(conn: psycopg.Connection[Any]) -> Verification:
     """Recompute the chain; name the first entry modified, removed or reordered."""
-    with wrap_errors("verify audit chain"), conn.transaction():
+    with wrap_errors("verify audit chain"), _snapshot(conn):
         hashes = {str(r[0]) for r in conn.execute("SELECT hash FROM purger.audit_log")}
         prev, expected, count = GENESIS, 1, 0
 
@@ -134,7 +150,9 @@ def verify(conn: psycopg.Connection[Any]) -> Verification:
             ):
                 return bad(f"entry {entry.seq} was modified (its hash does not match)", entry.seq)
             if entry.seq != expected:
-                return bad(f"entry {expected} was removed (the chain jumps to {entry.seq})", expected)
+                return bad(
+                    f"entry {expected} was removed (the chain jumps to {entry.seq})", expected
+                )
             if entry.prev_hash != prev:
                 if entry.prev_hash in hashes:
                     return bad(
@@ -153,12 +171,14 @@ def verify(conn: psycopg.Connection[Any]) -> Verification:
     return Verification(True, count, expected - 1, prev)
 
 
-def export(conn: psycopg.Connection[Any], since: datetime | None = None) -> Iterator[dict[str, Any]]:
+def export(
+    conn: psycopg.Connection[Any], since: datetime | None = None
+) -> Iterator[dict[str, Any]]:
     """JSON-ready entries (from ``since``), then a final line with the chain head."""
-    last: AuditEntry | None = None
-    with wrap_errors("export audit chain"), conn.transaction():
+    count = 0
+    with wrap_errors("export audit chain"), _snapshot(conn):
         for entry in _rows(conn, since):
-            last = entry
+            count += 1
             yield entry.as_dict()
         head = conn.execute(query("audit_head")).fetchone()
     yield {
@@ -166,7 +186,7 @@ def export(conn: psycopg.Connection[Any], since: datetime | None = None) -> Iter
             "seq": int(head[0]) if head else 0,
             "hash": str(head[1]) if head else GENESIS,
             "exported_at": datetime.now(UTC).isoformat(),
-            "entries_in_export": (last.seq if last else 0),
+            "entries_in_export": count,
         }
     }
 

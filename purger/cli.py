@@ -10,15 +10,23 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
-from purger import __version__, audit, logs
-from purger.db import connect, wrap_errors
-from purger.errors import ConfigError, PurgerError
+from purger import __version__, audit, cli_holds, logs
+from purger.db import connect
+from purger.errors import ConfigError, InvalidMessage, PurgerError
+from purger.exits import (
+    EXIT_CONTENDED,
+    EXIT_FAILURE,
+    EXIT_NOTHING_TO_DO,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+)
+from purger.http import HealthServer
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy, load_policy
 from purger.purge import (
@@ -28,16 +36,11 @@ from purger.purge import (
     Purger,
 )
 from purger.records import parse_timestamp
+from purger.scheduler import PurgeScheduler
 from purger.settings import Settings, describe_settings, load_settings
 from purger.storage import Storage
 
 log = logging.getLogger("purger")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOTHING_TO_DO = 3
-EXIT_CONTENDED = 4
 
 
 class Context:
@@ -125,11 +128,7 @@ def cmd_migrate(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _serve(
-    ctx: Context, metrics: Metrics, *, kafka: bool, extra_collector: Any = None
-) -> Any:
-    from purger.http import HealthServer
-
+def _serve(ctx: Context, metrics: Metrics, *, kafka: bool, extra_collector: Any = None) -> Any:
     plugin = ingest_plugin() if kafka else None
     storage = ctx.storage("readiness")
     checks: dict[str, Callable[[], None]] = {"postgresql": storage.ping}
@@ -169,8 +168,6 @@ def cmd_run(ctx: Context) -> int:
 
 
 def _scheduler(ctx: Context, metrics: Metrics) -> Any:
-    from purger.scheduler import PurgeScheduler
-
     return PurgeScheduler(
         ctx.purger(metrics),
         metrics,
@@ -210,11 +207,14 @@ def cmd_consume(ctx: Context) -> int:
     if args.json:
         _print_json(summary)
     else:
-        print(f"{'category':<16} {'stored':>8} {'duplicate':>9} {'expired':>8} {'dead-letter':>11}")
+        print(
+            f"{'category':<16} {'stored':>8} {'duplicate':>9} {'expired':>8} {'held':>6} "
+            f"{'dead-letter':>11}"
+        )
         for name, c in summary["categories"].items():
             print(
                 f"{name:<16} {c['stored']:>8} {c['duplicates']:>9} "
-                f"{c['expired_on_arrival']:>8} {c['dead_lettered']:>11}"
+                f"{c['expired_on_arrival']:>8} {c.get('held', 0):>6} {c['dead_lettered']:>11}"
             )
     for error in summary["errors"]:
         print(f"purger: worker failed: {error}", file=sys.stderr)
@@ -295,15 +295,19 @@ def cmd_audit_verify(ctx: Context) -> int:
 
 
 def cmd_audit_export(ctx: Context) -> int:
-    since = parse_timestamp(ctx.args.since, "--since") if ctx.args.since else None
-    out: TextIO = open(ctx.args.output, "w", encoding="utf-8") if ctx.args.output else sys.stdout
     try:
-        with connect(ctx.settings.conninfo(), autocommit=True, role="audit") as conn:
-            for line in audit.export(conn, since):
-                out.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        since = parse_timestamp(ctx.args.since, "--since") if ctx.args.since else None
+    except InvalidMessage as exc:
+        raise ConfigError(f"{exc.detail} (for example 2026-01-31T00:00:00Z)") from None
+    with contextlib.ExitStack() as stack:
+        out: TextIO = (
+            stack.enter_context(open(ctx.args.output, "w", encoding="utf-8"))
+            if ctx.args.output
+            else sys.stdout
+        )
+        conn = stack.enter_context(connect(ctx.settings.conninfo(), autocommit=True, role="audit"))
+        for line in audit.export(conn, since):
+            out.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
     return EXIT_OK
 
 
@@ -344,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = add("purge", cmd_purge, "run one purge pass now")
     p.add_argument("--dry-run", action="store_true", help="report, change nothing")
-    p.add_argument(
-        "--category", action="append", help="only this category (repeatable)"
-    )
+    p.add_argument("--category", action="append", help="only this category (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p = add("stats", cmd_stats, "records, partitions, expiry range and overdue per category")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -360,22 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="only entries recorded at or after this RFC 3339 time")
     p.add_argument("--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_audit_export)
-    _extend(sub, add)
+    cli_holds.register(sub)
     return parser
-
-
-def _extend(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Commands of later modules (holds, subjects) register here."""
-    with contextlib.suppress(ImportError):
-        from purger import cli_holds
-
-        cli_holds.register(sub)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """Print a one-line error (no traceback) and exit."""
-    print(f"purger: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

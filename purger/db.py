@@ -17,7 +17,9 @@ APPLICATION_NAME = "purger"
 _TRANSIENT_CLASSES = ("08", "57", "53")
 
 
-def connect(conninfo: str, *, autocommit: bool = False, role: str = "main") -> psycopg.Connection[Any]:
+def connect(
+    conninfo: str, *, autocommit: bool = False, role: str = "main"
+) -> psycopg.Connection[Any]:
     """Open a connection; DatabaseUnavailable when PostgreSQL does not answer."""
     try:
         return psycopg.connect(

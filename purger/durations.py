@@ -53,9 +53,7 @@ def parse_duration(text: str) -> Duration:
         raise DurationError(f"expected an ISO-8601 duration string, got {type(text).__name__}")
     match = _PATTERN.match(text.strip())
     if match is None:
-        raise DurationError(
-            f"{text!r} is not an ISO-8601 duration such as P6M, P90D, P1Y or PT12H"
-        )
+        raise DurationError(f"{text!r} is not an ISO-8601 duration such as P6M, P90D, P1Y or PT12H")
     parts = {k: int(v) if v else 0 for k, v in match.groupdict().items()}
     months = parts["years"] * 12 + parts["months"]
     exact = timedelta(

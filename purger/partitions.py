@@ -31,6 +31,11 @@ def parent_table(category: str) -> str:
     return f"records_{category}"
 
 
+def held_table(category: str) -> str:
+    """Name of the category's held storage (records kept past expiry by legal holds)."""
+    return f"held_{category}"
+
+
 def partition_name(category: str, start: datetime) -> str:
     """Name of the partition starting at ``start`` (UTC)."""
     return f"{parent_table(category)}_p{start.astimezone(UTC):%Y%m%d%H}"
@@ -56,12 +61,16 @@ class PartitionInfo:
 
 
 def ensure_category_table(conn: psycopg.Connection[Any], category: Category) -> None:
-    """Create (if missing) and register the category's partitioned parent table."""
+    """Create (if missing) and register the category's partitioned parent and held table."""
     parent = parent_table(category.name)
-    ddl = sql.SQL(sql_file("category_table.sql")).format(  # type: ignore[arg-type]
+    held = held_table(category.name)
+    ddl = sql.SQL(sql_file("category_table.sql")).format(
         parent=sql.Identifier(parent),
         gin_index=sql.Identifier(f"{parent}_subject_keys_idx"),
         tenant_index=sql.Identifier(f"{parent}_tenant_idx"),
+        held=sql.Identifier(held),
+        held_gin_index=sql.Identifier(f"{held}_subject_keys_idx"),
+        held_tenant_index=sql.Identifier(f"{held}_tenant_idx"),
     )
     with wrap_errors(f"create table of category {category.name}"), conn.transaction():
         conn.execute(query("lock_partition_ddl"), {"category": category.name})
@@ -96,9 +105,7 @@ class PartitionManager:
         with self._lock:
             self._known.pop(category, None)
 
-    def ensure(
-        self, conn: psycopg.Connection[Any], category: str, instants: list[datetime]
-    ) -> int:
+    def ensure(self, conn: psycopg.Connection[Any], category: str, instants: list[datetime]) -> int:
         """Make sure a partition exists for each instant; return how many were created.
 
         Runs in its own short transactions, before the batch transaction, so the

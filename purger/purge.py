@@ -5,6 +5,11 @@ is not blocked) and then dropped, each drop atomic with its audit entry. The
 partition that contains T loses its expired rows in bounded DELETE batches, each
 atomic with its own audit entry. A pass killed anywhere leaves registry states
 (``detaching``/``detached``) that the next pass finishes without counting twice.
+
+Legal holds (purger/holds.py): every transaction that destroys records first
+locks out hold changes and re-reads the active holds, then moves the covered
+rows into held storage (checked by count) before it drops or deletes. Each pass
+also destroys the held records that no active hold covers any more.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from purger import audit
+from purger import audit, holds
 from purger.db import connect, wrap_errors
-from purger.errors import NotOwnedError, StorageError
+from purger.errors import HoldError, NotOwnedError, StorageError
 from purger.metrics import Metrics
 from purger.partitions import owned_parent, partition_name
 from purger.policy import RetentionPolicy
@@ -48,6 +53,7 @@ class PartitionAction:
     range_start: datetime
     range_end: datetime
     status: str  # "done", "contended", "planned"
+    held: int = 0  # covered rows moved to held storage instead
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -55,6 +61,7 @@ class PartitionAction:
             "partition": self.partition,
             "action": self.action,
             "rows": self.rows,
+            "held": self.held,
             "range_start": self.range_start.isoformat(),
             "range_end": self.range_end.isoformat(),
             "status": self.status,
@@ -69,12 +76,16 @@ class CategoryReport:
     rows_purged: int = 0
     contended: int = 0
     actions: list[PartitionAction] = field(default_factory=list)
+    rows_held: int = 0  # expired but covered: moved to held storage by this pass
+    held_purged: int = 0  # held records no hold covers any more (part of rows_purged)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {
             "partitions_dropped": self.partitions_dropped,
             "rows_purged": self.rows_purged,
+            "rows_held": self.rows_held,
+            "held_purged": self.held_purged,
             "contended": self.contended,
             "actions": [a.as_dict() for a in self.actions],
         }
@@ -153,7 +164,7 @@ class Purger:
         dry_run: bool = False,
         now: datetime | None = None,
     ) -> PassReport:
-        """Run one pass at T = ``now`` (default: the database clock, read under the ingest locks)."""
+        """Run one pass at T = ``now`` (default: the database clock under the ingest locks)."""
         names = categories or list(self.policy.categories)
         for name in names:
             self.policy.category(name)
@@ -180,9 +191,11 @@ class Purger:
             report.outcome = (
                 OUTCOME_CONTENDED if contended else OUTCOME_SUCCESS if done else OUTCOME_NOTHING
             )
-        except (StorageError, psycopg.Error) as exc:
+        except (StorageError, HoldError, psycopg.Error) as exc:
             report.outcome = OUTCOME_FAILURE
-            report.error = str(exc) if isinstance(exc, StorageError) else exc.__class__.__name__
+            report.error = (
+                str(exc) if isinstance(exc, StorageError | HoldError) else exc.__class__.__name__
+            )
             log.error("purge pass failed: %s", report.error, extra={"pass_id": report.pass_id})
         finally:
             report.finished_at = datetime.now(UTC)
@@ -222,43 +235,99 @@ class Purger:
             str(r[0]): bool(r[1])
             for r in conn.execute(query("attached_partitions"), {"parent": parent})
         }
-        candidates = conn.execute(
-            query("purge_candidates"), {"category": name, "t": t}
-        ).fetchall()
+        candidates = conn.execute(query("purge_candidates"), {"category": name, "t": t}).fetchall()
         for pname, start, end, rows, state in candidates:
             if pname != partition_name(name, start):
                 raise NotOwnedError(f"partition {pname} does not follow the purger's naming")
             if end <= t:
                 action = PartitionAction(pname, "drop", int(rows), start, end, "planned")
-                if not dry_run:
-                    self._drop(conn, name, parent, action, attached, report)
+                if dry_run:
+                    exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
+                    if exists and exists[0]:
+                        action.held = holds.count_covered(conn, name, pname, t)
+                        action.rows = max(action.rows - action.held, 0)
+                else:
+                    self._drop(conn, name, parent, action=action, attached=attached, report=report)
                 out.actions.append(action)
                 if action.status in ("done", "planned"):
                     out.partitions_dropped += 1
                     out.rows_purged += action.rows
+                    out.rows_held += action.held
                 else:
                     out.contended += 1
             elif state == "attached" and pname in attached:
                 action = PartitionAction(pname, "delete_rows", 0, start, end, "planned")
                 if dry_run:
-                    action.rows = int(
-                        conn.execute(
-                            template("count_expired", partition=sql.Identifier(pname)), {"t": t}
-                        ).fetchone()[0]  # type: ignore[index]
+                    action.held = holds.count_covered(conn, name, pname, t)
+                    action.rows = (
+                        int(
+                            conn.execute(
+                                template("count_expired", partition=sql.Identifier(pname)),
+                                {"t": t},
+                            ).fetchone()[0]  # type: ignore[index]
+                        )
+                        - action.held
                     )
                 else:
                     self._delete_rows(conn, name, action, report)
-                if action.rows or action.status == "contended":
+                if action.rows or action.held or action.status == "contended":
                     out.actions.append(action)
                 out.rows_purged += action.rows if action.status != "contended" else 0
+                out.rows_held += action.held
                 out.contended += action.status == "contended"
+        self._purge_held(conn, name, out, report, dry_run)
         return out
+
+    def _purge_held(
+        self,
+        conn: psycopg.Connection[Any],
+        category: str,
+        out: CategoryReport,
+        report: PassReport,
+        dry_run: bool,
+    ) -> None:
+        # Held records whose last covering hold was released are destroyed like
+        # any expired record: under the hold lock, atomic with their audit entry.
+        try:
+            if dry_run:
+                done = holds.purge_released(conn, category, report.instant, dry_run=True)
+            else:
+                with conn.transaction():
+                    holds.lock_for_destruction(conn)
+                    done = holds.purge_released(conn, category, report.instant)
+                    if done.rows:
+                        audit.append(
+                            conn,
+                            "held_rows_deleted",
+                            {
+                                "pass_id": report.pass_id,
+                                "category": category,
+                                "rows": done.rows,
+                                "expiry_from": done.expiry_from.isoformat()
+                                if done.expiry_from
+                                else None,
+                                "expiry_to": done.expiry_to.isoformat() if done.expiry_to else None,
+                                "purge_instant": report.instant.isoformat(),
+                                "policy_version": self.policy.version,
+                                "policy_digest": self.policy.digest,
+                            },
+                        )
+        except (pgerrors.LockNotAvailable, pgerrors.QueryCanceled):
+            out.contended += 1
+            log.warning(
+                "legal holds could not be locked in time; held records retried on a later pass",
+                extra={"category": category, "pass_id": report.pass_id},
+            )
+            return
+        out.held_purged += done.rows
+        out.rows_purged += done.rows
 
     def _drop(
         self,
         conn: psycopg.Connection[Any],
         category: str,
         parent: str,
+        *,
         action: PartitionAction,
         attached: dict[str, bool],
         report: PassReport,
@@ -278,10 +347,18 @@ class Purger:
                 conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
             exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
             with conn.transaction():
+                # First in the transaction: lock out hold changes and re-read the
+                # active holds, so that a hold committed before now is honoured.
+                active = holds.lock_for_destruction(conn)
+                kept = holds.Preserved(0, ())
                 if exists and exists[0]:
+                    kept = holds.preserve(
+                        conn, category, pname, active, report.instant, remove=False
+                    )
                     conn.execute(template("drop_partition", partition=sql.Identifier(pname)))
                 row = conn.execute(query("unregister_partition"), {"name": pname}).fetchone()
-                action.rows = int(row[0]) if row else 0
+                action.held = kept.rows
+                action.rows = max((int(row[0]) if row else 0) - kept.rows, 0)
                 audit.append(
                     conn,
                     "partition_dropped",
@@ -290,6 +367,8 @@ class Purger:
                         "category": category,
                         "partition": pname,
                         "rows": action.rows,
+                        "held": kept.rows,
+                        "hold_ids": list(kept.hold_ids),
                         "expiry_from": action.range_start.isoformat(),
                         "expiry_to": action.range_end.isoformat(),
                         "policy_version": self.policy.version,
@@ -315,6 +394,17 @@ class Purger:
         try:
             while True:
                 with conn.transaction():
+                    # Each batch re-reads the holds under the lock and first moves
+                    # the covered expired rows out, so the DELETE finds none.
+                    active = holds.lock_for_destruction(conn)
+                    kept = holds.preserve(
+                        conn, category, action.partition, active, report.instant, remove=True
+                    )
+                    if kept.rows:
+                        conn.execute(
+                            query("decrement_rows"), {"n": kept.rows, "name": action.partition}
+                        )
+                        action.held += kept.rows
                     row = conn.execute(
                         template("delete_expired_batch", partition=ident),
                         {"t": report.instant, "limit": self.delete_batch_size},
@@ -358,6 +448,7 @@ class Purger:
                 n: {
                     "partitions_dropped": c.partitions_dropped,
                     "rows_purged": c.rows_purged,
+                    "rows_held": c.rows_held,
                     "contended": c.contended,
                 }
                 for n, c in report.categories.items()
@@ -391,28 +482,35 @@ class Purger:
 
     # -- gauges ----------------------------------------------------------------------
     def overdue(self, now: datetime | None = None) -> dict[str, int]:
-        """Stored records already past expiry, per category (the compliance signal)."""
+        """Stored records already past expiry that no active hold covers, per category.
+
+        The compliance signal; it also refreshes the legal-hold gauges (active
+        holds, records kept past expiry by them).
+        """
         out: dict[str, int] = {}
-        with connect(self.conninfo, autocommit=True, role="overdue") as conn:
-            with wrap_errors("count overdue records"):
-                t = now or conn.execute(query("db_now")).fetchone()[0]  # type: ignore[index]
-                for name in self.policy.categories:
-                    parent = owned_parent(conn, name)
-                    row = conn.execute(
-                        template("count_overdue", parent=sql.Identifier(parent)), {"t": t}
-                    ).fetchone()
-                    out[name] = int(row[0]) if row else 0
+        held: dict[str, int] = {}
+        with (
+            connect(self.conninfo, autocommit=True, role="overdue") as conn,
+            wrap_errors("count overdue records"),
+        ):
+            t = now or conn.execute(query("db_now")).fetchone()[0]  # type: ignore[index]
+            for name in self.policy.categories:
+                owned_parent(conn, name)
+                coverage = holds.expired_coverage(conn, name, t)
+                out[name] = coverage.overdue
+                held[name] = coverage.held
+            active = holds.active_count(conn)
         for name, n in out.items():
             self.metrics.overdue_records.labels(name).set(n)
+            self.metrics.records_held.labels(name).set(held[name])
+        self.metrics.legal_holds_active.set(active)
         return out
 
     def last_success(self) -> datetime | None:
         """Time of the last pass that ran to completion, from the audit trail."""
-        with connect(self.conninfo, autocommit=True, role="stats") as conn:
-            with wrap_errors("read last pass"):
-                row = conn.execute(
-                    "SELECT recorded_at FROM purger.audit_log WHERE kind = 'purge_pass' "
-                    "AND content->>'outcome' IN ('success', 'nothing_to_do') "
-                    "ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
+        with (
+            connect(self.conninfo, autocommit=True, role="stats") as conn,
+            wrap_errors("read last pass"),
+        ):
+            row = conn.execute(query("last_successful_pass")).fetchone()
         return row[0] if row else None

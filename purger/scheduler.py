@@ -40,8 +40,13 @@ def trigger_for(schedule: str) -> BaseTrigger:
         if len(fields) == 6:
             second, minute, hour, day, month, dow = fields
             return CronTrigger(
-                second=second, minute=minute, hour=hour, day=day, month=month,
-                day_of_week=dow, timezone=UTC,
+                second=second,
+                minute=minute,
+                hour=hour,
+                day=day,
+                month=month,
+                day_of_week=dow,
+                timezone=UTC,
             )
     except ValueError as exc:
         raise ConfigError(f"purge_schedule: not a cron expression ({exc})") from None
@@ -101,7 +106,11 @@ class PurgeScheduler:
             timezone=UTC,
             job_defaults={
                 "coalesce": True,
-                "max_instances": 1,
+                # Two, not one: ticks missed while a pass ran (or while the pod was
+                # paused in the middle of one) queue one catch-up tick, which waits
+                # for the running one on self._lock. With one, APScheduler drops
+                # them ("maximum number of running instances reached").
+                "max_instances": 2,
                 "misfire_grace_time": misfire_grace_seconds,
             },
         )

@@ -82,9 +82,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest wait between database retries"
     )
     log_format: Literal["text", "json"] = Field("text", description="log line format")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="log level"
-    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @classmethod
     def settings_customise_sources(
@@ -112,21 +110,20 @@ class Settings(BaseSettings):
     def _granularity(cls, value: str) -> str:
         duration = parse_duration(value)
         seconds = duration.exact.total_seconds()
-        if duration.months or seconds < 3600 or not (
-            86400 % seconds == 0 or seconds % 86400 == 0
-        ):
+        if duration.months or seconds < 3600 or not (86400 % seconds == 0 or seconds % 86400 == 0):
             raise ValueError("use whole hours dividing a day (PT1H..PT12H) or whole days (P1D..)")
         return value
 
     @field_validator("purge_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
+        # The scheduler's own parser: 5 fields, or 6 with seconds first.
+        from purger.scheduler import trigger_for  # noqa: PLC0415 - heavy, and only here
 
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(f"not a 5-field cron expression ({exc})") from None
+            trigger_for(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("purge_schedule: ")) from None
         return value
 
     @property

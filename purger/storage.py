@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from purger import migrations
+from purger import holds, migrations
 from purger.db import connect, wrap_errors
 from purger.errors import StorageError
 from purger.partitions import PartitionManager, ensure_category_table, is_missing_partition
@@ -47,11 +48,16 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What became of a batch: inserted, already stored (redelivery), expired on arrival."""
+    """What became of a batch: inserted, already stored (redelivery), expired on arrival.
+
+    ``held``: arrived already expired but covered by an active legal hold, so
+    stored in held storage (not counted as expired on arrival nor as inserted).
+    """
 
     inserted: int
     duplicates: int
     expired_on_arrival: int
+    held: int = 0
 
 
 class Storage:
@@ -83,10 +89,8 @@ class Storage:
     def reset(self) -> None:
         """Forget the connection (after an outage); the next call reconnects."""
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
         self._conn = None
         self._staging.clear()
 
@@ -126,8 +130,10 @@ class Storage:
         """Store a polled batch (records by category) in one transaction, idempotently.
 
         A record whose expiry has passed by the database clock is not stored and
-        is counted as expired on arrival. Raises DatabaseUnavailable on an outage
-        (nothing committed) and StorageError on other database errors.
+        is counted as expired on arrival, unless an active legal hold covers it:
+        then it goes to the category's held storage and is counted as held.
+        Raises DatabaseUnavailable on an outage (nothing committed) and
+        StorageError on other database errors.
         """
         batch = {c: items for c, items in batch.items() if items}
         for category in batch:
@@ -151,16 +157,23 @@ class Storage:
     def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
         conn = self.conn
         results: dict[str, BatchResult] = {}
-        with wrap_errors("store batch"), conn.transaction():
-            now_db: datetime | None = None
-            # Sorted, so that two workers never wait for each other's locks in a cycle.
-            for category in sorted(batch):
-                row = conn.execute(query("ingest_lock_shared"), {"category": category}).fetchone()
-                assert row is not None
-                now_db = now_db or row[1]
-            for category in sorted(batch):
-                assert now_db is not None
-                results[category] = self._insert(conn, category, batch[category], now_db)
+        try:
+            with wrap_errors("store batch"), conn.transaction():
+                now_db: datetime | None = None
+                # Sorted, so that two workers never wait for each other's locks in a cycle.
+                for category in sorted(batch):
+                    row = conn.execute(
+                        query("ingest_lock_shared"), {"category": category}
+                    ).fetchone()
+                    assert row is not None
+                    now_db = now_db or row[1]
+                for category in sorted(batch):
+                    assert now_db is not None
+                    results[category] = self._insert(conn, category, batch[category], now_db)
+        except BaseException:
+            # Staging tables created in the rolled-back transaction are gone with it.
+            self._staging.clear()
+            raise
         return results
 
     def _insert(
@@ -171,19 +184,44 @@ class Storage:
         now_db: datetime,
     ) -> BatchResult:
         live = [i for i in items if i.expires_at > now_db]
-        expired = len(items) - len(live)
-        if not live:
-            return BatchResult(0, 0, expired)
+        expired = [i for i in items if i.expires_at <= now_db]
         parent = sql.Identifier(parent_of(category))
-        staging = sql.Identifier(f"staging_{category}")
+        staging_name = f"staging_{category}"
+        staging = sql.Identifier(staging_name)
         if category not in self._staging:
             conn.execute(template("create_staging", staging=staging, parent=parent))
             self._staging.add(category)
+        inserted = 0
+        if live:
+            self._copy(conn, staging, live)
+            with conn.cursor() as cur:
+                result = cur.execute(
+                    template("insert_from_staging", staging=staging, parent=parent),
+                    {"category": category, "granularity": self.partitions.granularity},
+                ).fetchone()
+            inserted = int(result[0]) if result else 0
+        covered = held = 0
+        if expired:
+            # Staged after the live rows were inserted; the held insert takes only
+            # rows expired at now_db, so the live rows still staged are ignored.
+            self._copy(conn, staging, expired)
+            covered, held = holds.store_expired(conn, category, staging_name, now_db)
+        return BatchResult(
+            inserted,
+            len(live) - inserted + covered - held,
+            len(expired) - covered,
+            held,
+        )
+
+    @staticmethod
+    def _copy(
+        conn: psycopg.Connection[Any], staging: sql.Identifier, items: Sequence[Envelope]
+    ) -> None:
         with conn.cursor() as cur:
             copy_sql = template("copy_staging", staging=staging)
             with cur.copy(sql.SQL("{} (FORMAT BINARY)").format(copy_sql)) as copy:
                 copy.set_types(_COPY_TYPES)
-                for item in live:
+                for item in items:
                     rec = item.record
                     copy.write_row(
                         (
@@ -199,12 +237,6 @@ class Storage:
                             item.offset,
                         )
                     )
-            result = cur.execute(
-                template("insert_from_staging", staging=staging, parent=parent),
-                {"category": category, "granularity": self.partitions.granularity},
-            ).fetchone()
-        inserted = int(result[0]) if result else 0
-        return BatchResult(inserted, len(live) - inserted, expired)
 
     # -- statistics -------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -218,6 +250,7 @@ class Storage:
                 ).fetchone()
                 out[name] = {
                     "records": int(row[1]) if row else 0,
+                    "held": holds.held_count(self.conn, name),
                     "partitions": int(row[0]) if row else 0,
                     "oldest_expiry": rng[0].isoformat() if rng and rng[0] else None,
                     "newest_expiry": rng[1].isoformat() if rng and rng[1] else None,

@@ -20,3 +20,12 @@ CREATE TABLE IF NOT EXISTS purger.{parent} (
 CREATE INDEX IF NOT EXISTS {gin_index} ON purger.{parent} USING gin (subject_keys);
 -- Holds scoped to a tenant (and an occurred_at window) find their records by index.
 CREATE INDEX IF NOT EXISTS {tenant_index} ON purger.{parent} (tenant, occurred_at);
+-- Held storage: the category's records that legal holds keep past their expiry
+-- after their partition was dropped (or their rows deleted). Not partitioned: it
+-- holds only held records, so a pass can afford to scan it.
+CREATE TABLE IF NOT EXISTS purger.{held} (
+    LIKE purger.{parent} INCLUDING DEFAULTS,
+    PRIMARY KEY (expires_at, record_id)
+);
+CREATE INDEX IF NOT EXISTS {held_gin_index} ON purger.{held} USING gin (subject_keys);
+CREATE INDEX IF NOT EXISTS {held_tenant_index} ON purger.{held} (tenant, occurred_at);

@@ -113,9 +113,11 @@ WHERE kind = %(kind)s ORDER BY seq DESC LIMIT 1;
 
 -- name: purge_candidates
 -- Partitions that hold anything expired at T: wholly expired ones and the one containing T.
+-- "<=": when T is exactly a boundary, the partition starting at T holds the
+-- records that expire exactly at T, which are expired too.
 SELECT partition_name, range_start, range_end, row_count, state
 FROM purger.partitions
-WHERE category = %(category)s AND range_start < %(t)s
+WHERE category = %(category)s AND range_start <= %(t)s
 ORDER BY range_start;
 
 -- name: attached_partitions
@@ -168,3 +170,180 @@ SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0));
 
 -- name: db_now
 SELECT clock_timestamp();
+
+-- ---------------------------------------------------------------------------
+-- Legal holds (purger/holds.py). Coverage is always purger.hold_covers (0003);
+-- {prefilter} is an index-backed superset of the covered rows (subject keys
+-- through the GIN index, tenants through the (tenant, occurred_at) index) so
+-- that the cost follows the held records, not the size of the partition.
+
+-- name: holds_lock_purge
+-- Taken by every transaction that destroys or moves records: it conflicts with
+-- placing and releasing holds, so the holds read next stay true until commit.
+LOCK TABLE purger.legal_holds IN SHARE MODE;
+
+-- name: holds_lock_place
+-- Taken first by placing and releasing: waits for a running destroying
+-- transaction, and makes the next one wait (and then see this hold).
+LOCK TABLE purger.legal_holds IN ROW EXCLUSIVE MODE;
+
+-- name: hold_insert
+INSERT INTO purger.legal_holds
+    (case_ref, reason, placed_by, categories, subject_keys, tenant, occurred_from, occurred_to,
+     all_records)
+VALUES (%(case_ref)s, %(reason)s, %(placed_by)s, %(categories)s, %(subject_keys)s, %(tenant)s,
+        %(occurred_from)s, %(occurred_to)s, %(all_records)s)
+RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
+          occurred_from, occurred_to, all_records, released_at, released_by, release_reason;
+
+-- name: hold_release
+UPDATE purger.legal_holds
+SET released_at = clock_timestamp(), released_by = %(released_by)s,
+    release_reason = %(release_reason)s
+WHERE id = %(id)s AND released_at IS NULL
+RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
+          occurred_from, occurred_to, all_records, released_at, released_by, release_reason;
+
+-- name: hold_get
+SELECT id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
+       occurred_from, occurred_to, all_records, released_at, released_by, release_reason
+FROM purger.legal_holds WHERE id = %(id)s;
+
+-- name: holds_list
+SELECT id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
+       occurred_from, occurred_to, all_records, released_at, released_by, release_reason
+FROM purger.legal_holds
+WHERE NOT %(active_only)s OR released_at IS NULL
+ORDER BY id;
+
+-- name: holds_active_count
+SELECT count(*) FROM purger.legal_holds WHERE released_at IS NULL;
+
+-- name: category_partition_tables
+-- Every partition of the category that still exists, attached or detached.
+SELECT p.partition_name
+FROM purger.partitions p
+WHERE p.category = %(category)s AND to_regclass(format('purger.%%I', p.partition_name)) IS NOT NULL
+ORDER BY p.range_start;
+
+-- name: prefilter_all
+TRUE
+
+-- name: prefilter_subjects
+r.subject_keys && {keys}::text[]
+
+-- name: prefilter_tenant
+(r.tenant = {tenant}::text
+ AND r.occurred_at >= coalesce({occurred_from}::timestamptz, '-infinity')
+ AND r.occurred_at <= coalesce({occurred_to}::timestamptz, 'infinity'))
+
+-- name: covered_by_active_hold
+EXISTS (
+    SELECT 1 FROM purger.legal_holds h
+    WHERE h.released_at IS NULL
+      AND purger.hold_covers(h.categories, h.subject_keys, h.tenant, h.occurred_from,
+                             h.occurred_to, %(category)s, r.tenant, r.occurred_at,
+                             r.subject_keys))
+
+-- name: covered_expired
+-- Rows of a partition that are expired at T and covered by an active hold.
+r.expires_at <= %(t)s AND ({prefilter}) AND {covered}
+
+-- name: preserve_check
+-- Covered rows, and how many of them held storage already has (a redelivery).
+SELECT count(*), count(k.record_id)
+FROM purger.{source} r
+LEFT JOIN purger.{held} k ON k.expires_at = r.expires_at AND k.record_id = r.record_id
+WHERE {where};
+
+-- name: preserve_copy
+INSERT INTO purger.{held}
+    (record_id, tenant, occurred_at, expires_at, ingested_at, subject_keys, subjects, payload,
+     source_topic, source_partition, source_offset)
+SELECT r.record_id, r.tenant, r.occurred_at, r.expires_at, r.ingested_at, r.subject_keys,
+       r.subjects, r.payload, r.source_topic, r.source_partition, r.source_offset
+FROM purger.{source} r
+WHERE {where}
+ON CONFLICT DO NOTHING;
+
+-- name: preserve_remove
+-- Only rows that held storage has are removed from their partition.
+DELETE FROM purger.{source} r
+WHERE {where}
+  AND EXISTS (SELECT 1 FROM purger.{held} k
+              WHERE k.expires_at = r.expires_at AND k.record_id = r.record_id);
+
+-- name: held_purge
+-- Held records no active hold covers any more: destroyed like any expired record.
+WITH deleted AS (
+    DELETE FROM purger.{held} r
+    WHERE r.expires_at <= %(t)s AND NOT {covered}
+    RETURNING r.expires_at
+)
+SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
+
+-- name: held_purgeable
+SELECT count(*) FROM purger.{held} r WHERE r.expires_at <= %(t)s AND NOT {covered};
+
+-- name: expired_by_coverage
+-- Expired rows of a table: (covered by an active hold, not covered).
+SELECT count(*) FILTER (WHERE c), count(*) FILTER (WHERE NOT c)
+FROM (SELECT {covered} AS c FROM purger.{table} r WHERE r.expires_at <= %(t)s) x;
+
+-- name: held_count
+SELECT count(*) FROM purger.{held};
+
+-- name: store_held_from_staging
+-- Records that arrive already expired but covered by an active hold go straight
+-- to held storage. One still stored in its partition (a redelivery) is not copied.
+WITH covered AS (
+    SELECT r.* FROM {staging} r
+    WHERE r.expires_at <= %(now)s AND {covered}
+), inserted AS (
+    INSERT INTO purger.{held}
+        (record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
+         source_topic, source_partition, source_offset)
+    SELECT DISTINCT ON (expires_at, record_id)
+        record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
+        source_topic, source_partition, source_offset
+    FROM covered c
+    WHERE NOT EXISTS (SELECT 1 FROM purger.{parent} p
+                      WHERE p.expires_at = c.expires_at AND p.record_id = c.record_id)
+    ORDER BY expires_at, record_id, source_offset
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM covered), (SELECT count(*) FROM inserted);
+
+-- name: scope_matches
+-- Stored rows of one table in the scope of one hold (given as parameters, so
+-- that it can be counted before the hold exists).
+SELECT r.expires_at, r.record_id
+FROM purger.{source} r
+WHERE ({prefilter})
+  AND purger.hold_covers(%(h_categories)s::text[], %(h_subject_keys)s::text[],
+                         %(h_tenant)s::text, %(h_occurred_from)s::timestamptz,
+                         %(h_occurred_to)s::timestamptz, %(category)s, r.tenant,
+                         r.occurred_at, r.subject_keys)
+
+-- name: count_union
+SELECT count(*) FROM ({parts}) m;
+
+-- name: subject_records
+-- One subject's records in one table, with the active holds that cover each.
+SELECT r.record_id, r.tenant, r.occurred_at, r.expires_at, r.ingested_at, r.subjects,
+       r.payload, r.source_topic, r.source_partition, r.source_offset,
+       ARRAY(SELECT h.id FROM purger.legal_holds h
+             WHERE h.released_at IS NULL
+               AND purger.hold_covers(h.categories, h.subject_keys, h.tenant,
+                                      h.occurred_from, h.occurred_to, %(category)s,
+                                      r.tenant, r.occurred_at, r.subject_keys)
+             ORDER BY h.id) AS holds
+FROM purger.{source} r
+WHERE r.subject_keys && %(keys)s::text[]
+ORDER BY r.expires_at, r.record_id;
+
+-- name: last_successful_pass
+SELECT recorded_at FROM purger.audit_log
+ WHERE kind = 'purge_pass' AND content->>'outcome' IN ('success', 'nothing_to_do')
+ ORDER BY seq DESC LIMIT 1;

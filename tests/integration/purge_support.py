@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,18 @@ from tests.integration.support import REPO, settings_env, wait_until
 
 DAY = timedelta(days=1)
 _ids = itertools.count(1)
+
+Target = str | psycopg.Connection[Any]
+
+
+@contextlib.contextmanager
+def _connected(target: Target) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to ``target``: a URL (connected for the call) or an open connection."""
+    if isinstance(target, str):
+        with psycopg.connect(target, autocommit=True) as conn:
+            yield conn
+    else:
+        yield target
 
 
 def midnight(instant: datetime) -> datetime:
@@ -109,9 +122,9 @@ def seed_backdated(url: str, category: str, expiries: Iterable[datetime]) -> lis
     return [i.record.record_id for i in items]
 
 
-def stored(url: str, category: str) -> dict[str, tuple[Any, ...]]:
+def stored(url: Target, category: str) -> dict[str, tuple[Any, ...]]:
     """Every stored row of ``category`` by record id (all columns, to compare unchanged)."""
-    with psycopg.connect(url) as conn:
+    with _connected(url) as conn:
         rows = conn.execute(
             sql.SQL(
                 "SELECT record_id, tenant, occurred_at, expires_at, ingested_at, subject_keys, "
@@ -121,9 +134,9 @@ def stored(url: str, category: str) -> dict[str, tuple[Any, ...]]:
     return {str(r[0]): tuple(r) for r in rows}
 
 
-def audit_entries(url: str, kind: str | None = None) -> list[dict[str, Any]]:
+def audit_entries(url: Target, kind: str | None = None) -> list[dict[str, Any]]:
     """Audit entries (seq, kind, recorded_at, content) in chain order."""
-    with psycopg.connect(url) as conn:
+    with _connected(url) as conn:
         rows = conn.execute(
             "SELECT seq, kind, recorded_at, content FROM purger.audit_log "
             "WHERE %(kind)s::text IS NULL OR kind = %(kind)s ORDER BY seq",
@@ -141,9 +154,9 @@ def audited_rows(url: str) -> int:
     )
 
 
-def registry(url: str, category: str) -> list[tuple[str, datetime, datetime, int, str]]:
+def registry(url: Target, category: str) -> list[tuple[str, datetime, datetime, int, str]]:
     """The purger's partition registry of ``category``: name, start, end, row_count, state."""
-    with psycopg.connect(url) as conn:
+    with _connected(url) as conn:
         return [
             (str(r[0]), r[1], r[2], int(r[3]), str(r[4]))
             for r in conn.execute(
