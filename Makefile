@@ -44,7 +44,14 @@ test: venv services tools ## Everything: lint, unit, integration and deploy chec
 demo: venv services ## Ingest sample traffic of all four categories, purge, verify the audit trail.
 	$(BIN)/python -m consumers.demo
 
-bench: venv services ## Benchmarks (not part of `make test`); appends to BENCHMARKS.md.
+# Size knobs of `make bench`, e.g. `make bench BENCH_RECORDS=1000000`; unset ones take the
+# defaults of benchmarks/config.py, which finish within ten minutes on 2 cores.
+BENCH_KNOBS := BENCH_RECORDS BENCH_NAIVE_RECORDS BENCH_TOPIC_PARTITIONS BENCH_PRODUCERS \
+	BENCH_PURGE_EXPIRED BENCH_PURGE_LIVE BENCH_PURGE_PARTITIONS BENCH_LOAD_RATE BENCH_LOAD_BATCH \
+	BENCH_HOLD_COUNTS BENCH_SECTIONS
+export $(BENCH_KNOBS)
+
+bench: venv services ## Benchmarks (not part of `make test`): bench-results/*.json, a table in BENCHMARKS.md.
 	$(BIN)/python -m benchmarks.run
 
 clean: ## Remove the virtualenv and caches (not the service data).

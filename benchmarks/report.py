@@ -1,0 +1,307 @@
+"""The result file (JSON) and the Markdown table appended to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HEADER = """\
+# Benchmarks
+
+`make bench` measures ingestion and purging on the machine it runs on and appends
+one table per run below; `bench-results/<timestamp>.json` holds every figure of
+the run. Absolute figures drift from machine to machine, so each is set beside
+its ceiling or the naive way measured in the same run, as a ratio. The machine
+also runs Kafka and PostgreSQL, so every figure includes their share of the cores.
+
+What is measured:
+
+1. **Ingestion.** N realistic messages (the project's sample generator, four
+   topics, several partitions each) are produced first. Then
+   `purger consume --until-idle --workers 1` and `--workers 2` each consume all of
+   them into a fresh database with a fresh consumer group. Records/s runs from the
+   first "partitions assigned" log line (written inside the first poll) to the
+   moment the group's committed offsets reach the end of every partition (read
+   every 0.1 s through the Kafka admin API): first poll to last offset commit.
+   Ceiling (a): kafka-python consumption with the same consumer options plus
+   `json.loads` of every message, no database. Ceiling (b): COPY of the rows our
+   consumer stored into the same tables of a fresh database, no Kafka. Baseline
+   (c): a naive consumer (one INSERT and one commit per record, offsets
+   auto-committed) on a subset. Peak RSS is each worker process's VmHWM
+   (MB = 10^6 bytes).
+2. **Purge.** M expired records over 30 daily partitions plus 1,000,000 not yet
+   expired, generated with `generate_series` (call detail records of 20,000
+   subscribers, about 450 bytes a row) into the category table's partitions, with
+   the project's indexes (primary key, GIN on subject keys, tenant) built in bulk
+   before each partition is attached and registered. One
+   `Purger.run_pass` removes them; against it, `DELETE ... WHERE expires_at <=
+   now()` plus the `VACUUM` it makes necessary on an unpartitioned table with the
+   same rows and indexes. The pass is also timed with M/10 expired records over
+   the same 30 partitions: cost follows partitions, not rows.
+3. **Purge under load.** A writer stores small batches through `Storage.store`
+   at a steady rate; the latency of each call before a pass is compared with the
+   calls that overlap a pass (over a copy of the M/10 data set).
+4. **Hold cost.** The pass at M again, with a legal hold (placed with
+   `purger hold place --tenant` before the pass, not timed in the pass) covering
+   1,000 and 100,000 of the expired records, spread over all 30 partitions.
+
+Data sets are copied at file level between variants, autovacuum is off on the
+benchmark's tables (so it never runs inside a measurement) and a CHECKPOINT
+precedes every timed pass. Nothing here is a test: no figure fails a build.
+"""
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _met(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target of issue 6: the measured value and whether it is met."""
+    ing = result.get("ingest") or {}
+    ratios = ing.get("ratios") or {}
+    purge = result.get("purge") or {}
+    pratios = purge.get("ratios") or {}
+    load = result.get("load") or {}
+    peaks = [
+        p
+        for key in ("ours_1_worker", "ours_2_workers")
+        for p in (ing.get(key) or {}).get("peak_rss_mb_per_worker", [])
+    ]
+
+    def check(value: float | None, ok: bool | None) -> dict[str, Any]:
+        return {"value": value, "met": ok if value is not None else None}
+
+    one_vs_raw = ratios.get("ours_1_vs_raw_consume")
+    two_vs_one = ratios.get("ours_2_vs_ours_1")
+    speedup = pratios.get("delete_vacuum_vs_pass")
+    growth = pratios.get("pass_m_vs_pass_m10")
+    p99 = (load.get("during") or {}).get("p99_ms")
+    peak = max(peaks) if peaks else None
+    return {
+        "ingest_1_worker_vs_ceiling_a": check(
+            one_vs_raw, one_vs_raw is not None and one_vs_raw >= 0.8
+        ),
+        "ingest_2_workers_vs_1": check(two_vs_one, two_vs_one is not None and two_vs_one >= 1.6),
+        "purge_vs_delete_vacuum": check(speedup, speedup is not None and speedup >= 10),
+        "pass_m_vs_m10": check(growth, growth is not None and growth <= 1.5),
+        "p99_insert_during_pass_ms": check(p99, p99 is not None and p99 < 250),
+        "peak_rss_per_worker_mb": check(peak, peak is not None and peak < 250),
+    }
+
+
+def write_json(result: dict[str, Any], directory: Path, stamp: str) -> Path:
+    """``<directory>/<stamp>.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stamp}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _ingest_rows(ing: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list[str]]:
+    if not ing:
+        return [["Ingestion", "not run", "", "", ""]]
+    if "error" in ing:
+        return [["Ingestion", f"failed: {ing['error']}", "", "", ""]]
+    r = ing["ratios"]
+    one, two = ing["ours_1_worker"], ing["ours_2_workers"]
+    raw, copy, naive = ing["ceiling_raw_consume"], ing["ceiling_copy"], ing["baseline_naive"]
+    prod = ing["produced"]
+    rows = [
+        [
+            f"Backlog produced ({prod['topics']} topics x {prod['partitions_per_topic']} "
+            f"partitions, {_n(prod['mean_message_bytes'])} B/message)",
+            f"{_n(prod['messages'])} messages, {_n(prod['messages_per_second'])}/s",
+            "",
+            "",
+            "",
+        ],
+        [
+            "Ingestion, ours, 1 worker",
+            f"{_n(one.get('records_per_second'))} records/s",
+            f"{_n(r['ours_1_vs_raw_consume'], 2)} x ceiling (a)",
+            "≥ 0.80 x (a)",
+            _met(t["ingest_1_worker_vs_ceiling_a"]["met"]),
+        ],
+        [
+            "Ingestion, ours, 2 workers",
+            f"{_n(two.get('records_per_second'))} records/s",
+            f"{_n(r['ours_2_vs_ours_1'], 2)} x 1 worker",
+            "≥ 1.6 x 1 worker",
+            _met(t["ingest_2_workers_vs_1"]["met"]),
+        ],
+        [
+            "Ceiling (a): kafka-python + json.loads, no database",
+            f"{_n(raw['records_per_second'])} records/s",
+            f"ours: {_n(r['ours_1_vs_raw_consume'], 2)} (1 w), "
+            f"{_n(r['ours_2_vs_raw_consume'], 2)} (2 w)",
+            "",
+            "",
+        ],
+        [
+            "Ceiling (b): COPY of the same rows, no Kafka",
+            f"{_n(copy['records_per_second'])} records/s",
+            f"ours: {_n(r['ours_1_vs_copy'], 2)} (1 w), {_n(r['ours_2_vs_copy'], 2)} (2 w)",
+            "",
+            "",
+        ],
+        [
+            f"Baseline (c): naive, INSERT + commit per record ({_n(naive['records'])} records)",
+            f"{_n(naive['records_per_second'])} records/s",
+            f"ours: {_n(r['ours_1_vs_naive'], 1)}x (1 w), {_n(r['ours_2_vs_naive'], 1)}x (2 w)",
+            "",
+            "",
+        ],
+        [
+            "Peak RSS per worker",
+            f"{', '.join(_n(p) for p in one['peak_rss_mb_per_worker'])} MB (1 w); "
+            f"{', '.join(_n(p) for p in two['peak_rss_mb_per_worker'])} MB (2 w)",
+            "",
+            "< 250 MB",
+            _met(t["peak_rss_per_worker_mb"]["met"]),
+        ],
+    ]
+    for run in (one, two):
+        if run.get("problem"):
+            rows.append([f"Problem ({run['workers']} w)", run["problem"], "", "", ""])
+    return rows
+
+
+def _purge_rows(purge: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list[str]]:
+    if not purge:
+        return [["Purge", "not run", "", "", ""]]
+    if "error" in purge:
+        return [["Purge", f"failed: {purge['error']}", "", "", ""]]
+    m, m10, dv = purge["pass_m"], purge["pass_m10"], purge["delete_vacuum_m"]
+    r = purge["ratios"]
+    target_note = "" if purge["expired"] == 5_000_000 else " (target stated for M = 5,000,000)"
+    return [
+        [
+            f"Purge pass, M = {_n(purge['expired'])} expired + {_n(purge['live'])} live",
+            f"{_n(m['seconds'], 2)} s, {m['partitions_dropped']} partitions, "
+            f"{_n(m['seconds_per_partition'], 3)} s/partition ({m['outcome']})",
+            "",
+            "",
+            "",
+        ],
+        [
+            "DELETE + VACUUM, unpartitioned twin, same M",
+            f"{_n(dv['seconds'], 1)} s (DELETE {_n(dv['delete_seconds'], 1)} s, "
+            f"VACUUM {_n(dv['vacuum_seconds'], 1)} s)",
+            f"pass is {_n(r['delete_vacuum_vs_pass'], 1)}x faster",
+            "≥ 10x" + target_note,
+            _met(t["purge_vs_delete_vacuum"]["met"]),
+        ],
+        [
+            f"Purge pass, M/10 = {_n(purge['expired_m10'])} expired, same partitions",
+            f"{_n(m10['seconds'], 2)} s, {_n(m10['seconds_per_partition'], 3)} s/partition",
+            f"time at M = {_n(r['pass_m_vs_pass_m10'], 2)} x time at M/10",
+            "≤ 1.5x",
+            _met(t["pass_m_vs_m10"]["met"]),
+        ],
+    ]
+
+
+def _load_rows(load: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list[str]]:
+    if not load:
+        return [["Purge under load", "not run", "", "", ""]]
+    if "error" in load:
+        return [["Purge under load", f"failed: {load['error']}", "", "", ""]]
+    b, d = load["before"], load["during"]
+
+    def fmt(s: dict[str, Any]) -> str:
+        return (
+            f"p50 {_n(s['p50_ms'], 1)} / p99 {_n(s['p99_ms'], 1)} / max {_n(s['max_ms'], 1)} ms "
+            f"({s['samples']} calls)"
+        )
+
+    head = f"Insert latency, {load['rate_per_second']}/s in batches of {load['batch']}"
+    return [
+        [f"{head}, before the pass", fmt(b), "", "", ""],
+        [
+            f"{head}, during the pass ({_n(load['pass']['seconds'], 2)} s, "
+            f"{load['pass']['partitions_dropped']} partitions)",
+            fmt(d),
+            f"p99 {_n(load['p99_during_vs_before'], 1)}x before",
+            "p99 < 250 ms",
+            _met(t["p99_insert_during_pass_ms"]["met"]),
+        ],
+    ]
+
+
+def _hold_rows(holds: dict[str, Any]) -> list[list[str]]:
+    if not holds:
+        return [["Hold cost", "not run", "", "", ""]]
+    if holds.get("status") != "run":
+        return [["Hold cost", str(holds.get("status") or holds.get("error")), "", "", ""]]
+    rows = []
+    for count, entry in holds["passes"].items():
+        label = f"Purge pass at M, {_n(int(count))} held records"
+        if "error" in entry:
+            rows.append([label, f"failed: {entry['error']}", "", "", ""])
+            continue
+        p = entry.get("pass") or {}
+        kept = entry.get("held_rows_kept")
+        figure = f"{_n(p.get('seconds'), 2)} s ({p.get('outcome')})"
+        if int(count) and kept is not None:
+            figure += f", {_n(kept)} rows kept in held storage"
+        if entry.get("place_seconds_cli") is not None:
+            figure += f"; placing the hold took {_n(entry['place_seconds_cli'], 2)} s (CLI)"
+        ratio = f"{_n(entry.get('vs_no_hold'), 2)} x no hold" if int(count) else ""
+        rows.append([label, figure, ratio, "", ""])
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The run's section of BENCHMARKS.md."""
+    machine = result["machine"]
+    sizes = result["config"]
+    t = result["targets"]
+    lines = [
+        f"## {machine['date']} · commit `{machine['commit']}`",
+        "",
+        "| Date | Machine | Commit | Services | Sizes | Run time |",
+        "|---|---|---|---|---|---|",
+        f"| {machine['date']} | {machine['cpu']}, {machine['cores']} cores, "
+        f"{machine['ram_gib']} GiB RAM | `{machine['commit']}` | "
+        f"PostgreSQL {result.get('postgresql', '?')}, Kafka {result.get('kafka', '?')} | "
+        f"N = {_n(sizes['records'])}, naive {_n(sizes['naive_records'])}, "
+        f"M = {_n(sizes['purge_expired'])} + {_n(sizes['purge_live'])} live, "
+        f"{sizes['purge_partitions']} partitions | {_n(result['seconds'], 0)} s |",
+        "",
+        "| Measurement | Figure | Ratio | Target | Target met? |",
+        "|---|---|---|---|---|",
+    ]
+    rows = (
+        _ingest_rows(result.get("ingest") or {}, t)
+        + _purge_rows(result.get("purge") or {}, t)
+        + _load_rows(result.get("load") or {}, t)
+        + _hold_rows(result.get("holds") or {})
+    )
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    load = machine.get("load_average_at_start")
+    if load:
+        lines += [
+            "",
+            f"Load average (1/5/15 min) at the start: {', '.join(map(str, load))}; "
+            f"at the end: {', '.join(map(str, machine.get('load_average_at_end') or []))}.",
+        ]
+    for note in result.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def append_markdown(result: dict[str, Any], path: Path) -> None:
+    """Append the run's table to ``path`` (writing the header first if the file is new)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else HEADER
+    if not text.endswith("\n"):
+        text += "\n"
+    path.write_text(text + "\n" + markdown(result), encoding="utf-8")

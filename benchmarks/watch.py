@@ -1,0 +1,141 @@
+"""Watching a consumer run from outside: peak memory of its processes, committed offsets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.errors import KafkaError
+
+
+def _status_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            out += [int(c) for c in (task / "children").read_text(encoding="utf-8").split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def role_of(pid: int, root: int) -> str:
+    """``main`` for the command itself, ``worker`` for a spawned consumer, else ``helper``."""
+    if pid == root:
+        return "main"
+    return "worker" if "spawn_main" in _cmdline(pid) else "helper"
+
+
+@dataclass
+class ProcessPeak:
+    """The high-water mark of one process's resident memory (VmHWM)."""
+
+    pid: int
+    role: str
+    peak_kib: int = 0
+
+
+@dataclass
+class ConsumerWatch:
+    """Samples memory of a process tree and a group's committed offsets every ``interval``."""
+
+    root: int
+    bootstrap: str
+    group: str
+    ends: dict[TopicPartition, int]
+    interval: float = 0.1
+    processes: dict[int, ProcessPeak] = field(default_factory=dict)
+    first_commit_at: float | None = None
+    all_committed_at: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start sampling in a thread."""
+        self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling (after one last sample)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap.split(","),
+            client_id="bench-watch",
+            request_timeout_ms=10000,
+        )
+        try:
+            while True:
+                self._sample_memory()
+                if self.all_committed_at is None:
+                    self._sample_offsets(admin)
+                if self._stop.wait(self.interval):
+                    break
+            self._sample_memory()
+        finally:
+            admin.close()
+
+    def _sample_memory(self) -> None:
+        for pid in [self.root, *descendants(self.root)]:
+            hwm = _status_kib(pid, "VmHWM")
+            if hwm is None:
+                continue
+            peak = self.processes.get(pid)
+            if peak is None:
+                peak = self.processes[pid] = ProcessPeak(pid, role_of(pid, self.root))
+            peak.peak_kib = max(peak.peak_kib, hwm)
+
+    def _sample_offsets(self, admin: KafkaAdminClient) -> None:
+        try:
+            offsets = admin.list_group_offsets({self.group: None}).get(self.group, {})
+        except KafkaError:
+            return
+        now = time.time()
+        committed = {tp: meta.offset for tp, meta in offsets.items() if tp in self.ends}
+        if self.first_commit_at is None and any(v > 0 for v in committed.values()):
+            self.first_commit_at = now
+        if all(committed.get(tp, -1) >= end for tp, end in self.ends.items()):
+            self.all_committed_at = now
+
+    def peaks_mb(self, role: str) -> list[float]:
+        """Peak RSS in MB (10^6 bytes) of every process of ``role`` seen."""
+        return [
+            round(p.peak_kib * 1024 / 1e6, 1) for p in self.processes.values() if p.role == role
+        ]
