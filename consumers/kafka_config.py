@@ -6,6 +6,9 @@ from typing import Any
 
 from purger.settings import Settings
 
+FETCH_MAX_BYTES = 8 * 1024 * 1024
+PARTITION_FETCH_MAX_BYTES = 1024 * 1024
+
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Options shared by consumers, producers and admin clients."""
@@ -39,7 +42,11 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         # A new group starts at the beginning: nothing produced before it is skipped.
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.batch_max_records,
-        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        # Fetched but unprocessed messages are the bulk of a worker's memory. One fetch
+        # carries at most FETCH_MAX_BYTES whatever the backlog or the number of assigned
+        # partitions, and the next is sent only for partitions whose data was consumed.
+        "fetch_max_bytes": FETCH_MAX_BYTES,
+        "max_partition_fetch_bytes": PARTITION_FETCH_MAX_BYTES,
     }
 
 

@@ -33,3 +33,11 @@ def test_sasl_ssl_options_carry_the_secret_only_to_the_client() -> None:
     assert options["sasl_plain_password"] == "s3cret"
     assert options["ssl_cafile"] == "/etc/ca.pem"
     assert "s3cret" not in repr(settings) and "s3cret" not in repr(settings.masked())
+
+
+def test_fetched_data_is_bounded_whatever_the_number_of_partitions() -> None:
+    # A worker's memory must not grow with its assignment: one fetch is capped in
+    # total, and a single partition can never claim more than the cap.
+    options = consumer_options(Settings())
+    assert options["fetch_max_bytes"] <= 16 * 1024 * 1024
+    assert options["max_partition_fetch_bytes"] <= options["fetch_max_bytes"]
