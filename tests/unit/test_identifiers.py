@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -55,3 +57,19 @@ def test_ip_normalisation_is_idempotent(address: object) -> None:
 
 def test_subject_key() -> None:
     assert subject_key("msisdn", "+31612345678") == "msisdn:+31612345678"
+
+
+@given(st.lists(st.integers(0, 300), min_size=3, max_size=5), st.sampled_from(["", "0", "00"]))
+def test_the_ipv4_fast_path_agrees_with_the_ipaddress_module(octets: list[int], pad: str) -> None:
+    # Dotted strings, valid or not, with and without leading zeros: the result (or
+    # the refusal) is exactly what ipaddress gives.
+    text = ".".join(pad + str(o) if i == 1 else str(o) for i, o in enumerate(octets))
+    try:
+        expected: str | None = ipaddress.ip_address(text).compressed
+    except ValueError:
+        expected = None
+    try:
+        got: str | None = normalise("ip", text)
+    except IdentifierError:
+        got = None
+    assert got == expected
