@@ -49,6 +49,25 @@ What is measured:
 Data sets are copied at file level between variants, autovacuum is off on the
 benchmark's tables (so it never runs inside a measurement) and a CHECKPOINT
 precedes every timed pass. Nothing here is a test: no figure fails a build.
+
+Where a target is not met, the reason (measured, not guessed):
+
+- **One worker against ceiling (a).** Ceiling (a) only fetches and `json.loads`
+  (about 23 µs a message once kafka-python uses the C CRC-32C of the `crc32c`
+  package). Our worker also validates every message against the contract and
+  normalises every identifier (libphonenumber for MSISDNs, `ipaddress` for IPv6),
+  computes the expiry, encodes the payload for COPY and waits for the database
+  commit; a py-spy profile puts decoding and normalisation alone at about half of
+  the worker's time, more than the whole ceiling. One Python process cannot reach
+  80 % of (a) while doing that work; `--workers N` is how ingestion scales (two
+  workers reach the 1.6x target).
+- **Pass time at M against M/10.** What the purger does per partition is the
+  same at both sizes (detach, the hold check, drop, one audit entry). The
+  difference is the COMMIT of each DROP, where PostgreSQL frees the partition's
+  files: with `log_min_duration_statement` on, each such COMMIT took 28-36 ms at
+  M (about 130 MB of table and indexes per partition) and under 15 ms at M/10. That
+  cost is the file system's and any removal pays it (DELETE + VACUUM pays far
+  more); it grows with bytes, not rows, and is still a fraction of the pass.
 """
 
 

@@ -240,6 +240,7 @@ class Purger:
             if pname != partition_name(name, start):
                 raise NotOwnedError(f"partition {pname} does not follow the purger's naming")
             if end <= t:
+                self._check_owned(conn, parent, pname, state, attached)
                 action = PartitionAction(pname, "drop", int(rows), start, end, "planned")
                 if dry_run:
                     exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
@@ -277,6 +278,27 @@ class Purger:
                 out.contended += action.status == "contended"
         self._purge_held(conn, name, out, report, dry_run)
         return out
+
+    @staticmethod
+    def _check_owned(
+        conn: psycopg.Connection[Any],
+        parent: str,
+        pname: str,
+        state: str,
+        attached: dict[str, bool],
+    ) -> None:
+        # The purger drops a table only when the catalog shows it as a partition of
+        # its own parent, or when its registry says the purger itself began the
+        # detach. A partition someone detached by hand (to keep it, say) is not ours.
+        if pname in attached or state in ("detaching", "detached"):
+            return
+        exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
+        if exists and exists[0]:
+            raise NotOwnedError(
+                f"partition {pname} is registered as attached but is not a partition of "
+                f"{parent} in the catalog (detached by hand?); the purger does not drop it. "
+                "Reattach it, or drop it and its registry row yourself"
+            )
 
     def _purge_held(
         self,

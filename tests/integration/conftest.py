@@ -11,9 +11,11 @@ uniquely named topics (through a policy file of its own), so tests share nothing
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -57,12 +59,22 @@ class Services:
 
 
 def _docker_answers() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - only without services
+    # A failed probe leaves the docker client's socket to the garbage collector; its
+    # ResourceWarning (an error under filterwarnings) would bury the one clear message.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        client = None
+        try:
+            import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - only without services
 
-        docker.from_env(timeout=3).ping()
-    except Exception:
-        return False
+            client = docker.from_env(timeout=3)
+            client.ping()
+        except Exception:
+            return False
+        finally:
+            if client is not None:
+                client.close()
+            gc.collect()
     return True
 
 

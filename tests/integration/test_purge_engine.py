@@ -458,3 +458,33 @@ def test_stats_show_overdue_and_the_last_pass_and_purge_exit_codes_tell_outcomes
     assert make_purger(settings, policy).overdue()["cdr"] == 0
     with psycopg.connect(url, autocommit=True) as conn:
         assert audit.verify(conn).ok
+
+
+# -- only the purger's own tables -------------------------------------------------------------
+def test_a_partition_detached_by_hand_is_never_dropped(
+    settings: Settings, policy: RetentionPolicy
+) -> None:
+    url = settings.conninfo()
+    seed_backdated(url, "cdr", _past_days(range(3, 5), 2))
+    kept, other = sorted(r[0] for r in registry(url, "cdr") if r[3])
+    # An operator keeps one expired partition aside, outside the purger's parent table.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER TABLE purger.{} DETACH PARTITION purger.{}").format(
+                sql.Identifier("records_cdr"), sql.Identifier(kept)
+            )
+        )
+
+    report = make_purger(settings, policy).run_pass(categories=["cdr"])
+
+    assert report.outcome == "failure"
+    assert report.error is not None and kept in report.error and "not a partition" in report.error
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT count(*) FROM purger.{}").format(sql.Identifier(kept))
+        ).fetchone()
+    assert rows == (2,), "the purger touched a table that is no longer its partition"
+    assert kept in {r[0] for r in registry(url, "cdr")}
+    # The check comes before any drop: the category's later partition waits, untouched.
+    assert other in {r[0] for r in registry(url, "cdr")}
+    assert not audit_entries(url, "partition_dropped")
