@@ -17,7 +17,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,23 +144,29 @@ def template_database(services: Services) -> Iterator[str]:
         admin.close()
 
 
+@contextmanager
+def cloned_database(services: Services, template: str, prefix: str = "purger_t") -> Iterator[str]:
+    """A database of its own, cloned from the migrated template, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(services.database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+        try:
+            yield services.database(name)
+        finally:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture
 def database(services: Services, template_database: str) -> Iterator[str]:
     """The URL of a fresh, migrated database of this test's own."""
-    name = f"purger_t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(services.database_url, autocommit=True)
-    admin.execute(
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template_database)
-        )
-    )
-    try:
-        yield services.database(name)
-    finally:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        admin.close()
+    with cloned_database(services, template_database) as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from purger.metrics import Metrics
 from purger.partitions import PartitionManager, held_table, parent_table, range_containing
 from purger.policy import RetentionPolicy
 from purger.purge import Purger
+from tests.integration.purge_support import count_into_registry
 
 DAY = timedelta(days=1)
 
@@ -67,22 +68,7 @@ def seed(url: str, category: str, rows: Iterable[Row]) -> None:
                     for r in rows
                 ],
             )
-            _count_into_registry(conn, category, [r.expires_at for r in rows])
-
-
-def _count_into_registry(
-    conn: psycopg.Connection[Any], category: str, expiries: Iterable[datetime]
-) -> None:
-    per_start: dict[datetime, int] = {}
-    for e in expiries:
-        start = range_containing(e, DAY)[0]
-        per_start[start] = per_start.get(start, 0) + 1
-    for start, n in per_start.items():
-        conn.execute(
-            "UPDATE purger.partitions SET row_count = row_count + %s "
-            "WHERE category = %s AND range_start = %s",
-            (n, category, start),
-        )
+            count_into_registry(conn, category, [r.expires_at for r in rows])
 
 
 def seed_bulk(url: str, category: str, day: datetime, n: int, prefix: str = "bulk") -> None:

@@ -109,17 +109,24 @@ def seed_backdated(url: str, category: str, expiries: Iterable[datetime]) -> lis
                         for i in items
                     ],
                 )
-            per_start: dict[datetime, int] = {}
-            for i in items:
-                start = range_containing(i.expires_at, DAY)[0]
-                per_start[start] = per_start.get(start, 0) + 1
-            for start, n in per_start.items():
-                conn.execute(
-                    "UPDATE purger.partitions SET row_count = row_count + %s "
-                    "WHERE category = %s AND range_start = %s",
-                    (n, category, start),
-                )
+            count_into_registry(conn, category, [i.expires_at for i in items])
     return [i.record.record_id for i in items]
+
+
+def count_into_registry(
+    conn: psycopg.Connection[Any], category: str, expiries: Iterable[datetime]
+) -> None:
+    """Add rows seeded past ``Storage`` to the registry's counts, as ``Storage.store`` does."""
+    per_start: dict[datetime, int] = {}
+    for e in expiries:
+        start = range_containing(e, DAY)[0]
+        per_start[start] = per_start.get(start, 0) + 1
+    for start, n in per_start.items():
+        conn.execute(
+            "UPDATE purger.partitions SET row_count = row_count + %s "
+            "WHERE category = %s AND range_start = %s",
+            (n, category, start),
+        )
 
 
 def stored(url: Target, category: str) -> dict[str, tuple[Any, ...]]:

@@ -10,9 +10,6 @@ The model's idea of coverage is written here, independently of purger.holds.
 from __future__ import annotations
 
 import dataclasses
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,14 +18,13 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from purger import audit
 from purger.partitions import range_containing
 from purger.policy import RetentionPolicy, load_policy
 from purger.records import Record
 from purger.storage import Envelope, Storage
-from tests.integration.conftest import DEFAULT_POLICY, Services
+from tests.integration.conftest import DEFAULT_POLICY, Services, cloned_database
 from tests.integration.holds_support import (
     DAY,
     Row,
@@ -204,24 +200,6 @@ def property_policy() -> RetentionPolicy:
     return load_policy(DEFAULT_POLICY)
 
 
-@contextmanager
-def fresh_database(services: Services, template: str) -> Iterator[str]:
-    """A database of one example's own, cloned from the migrated template."""
-    name = f"purger_hp_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(services.database_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-        try:
-            yield services.database(name)
-        finally:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 def _check(url: str, model: dict[str, Rec], step: str) -> None:
     stored: dict[str, str] = {}
     for category in CATEGORIES:
@@ -249,7 +227,7 @@ def test_no_covered_record_is_destroyed_and_no_uncovered_expired_record_survives
     operations: list[tuple[str, Any]],
 ) -> None:
     policy = property_policy
-    with fresh_database(services, template_database) as url:
+    with cloned_database(services, template_database, "purger_hp") as url:
         for category in CATEGORIES:
             seed(url, category, [r.row() for r in initial if r.category == category])
         model = {r.record_id: r for r in initial}
