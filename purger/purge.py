@@ -154,6 +154,9 @@ class Purger:
                 sql.Literal(f"{self.statement_timeout_ms}ms")
             )
         )
+        # A pod killed while one of its statements waits on a lock would otherwise keep
+        # that lock queued until statement_timeout; the server checks the client instead.
+        conn.execute("SET client_connection_check_interval = '5s'")
         return conn
 
     # -- the pass ------------------------------------------------------------------

@@ -488,3 +488,19 @@ def test_a_partition_detached_by_hand_is_never_dropped(
     # The check comes before any drop: the category's later partition waits, untouched.
     assert other in {r[0] for r in registry(url, "cdr")}
     assert not audit_entries(url, "partition_dropped")
+
+
+def test_purge_sessions_bound_their_lock_waits_and_watch_their_client(
+    settings: Settings, policy: RetentionPolicy
+) -> None:
+    purger = make_purger(settings, policy, lock_timeout_ms=1234, statement_timeout_ms=56789)
+    with purger._connect("probe") as conn:
+        shown = {
+            name: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            for name in ("lock_timeout", "statement_timeout", "client_connection_check_interval")
+        }
+    assert shown == {
+        "lock_timeout": ("1234ms",),
+        "statement_timeout": ("56789ms",),
+        "client_connection_check_interval": ("5s",),
+    }
