@@ -69,11 +69,12 @@ def _conn(ctx: Context) -> Any:
     return connect(ctx.settings.conninfo(), autocommit=True, role="holds")
 
 
-def _scope_summary(scope: holds.HoldScope) -> str:
+def _scope_summary(hold: holds.Hold) -> str:
+    scope = hold.scope
     parts = []
     if scope.all_records:
         parts.append("all records")
-    parts.extend(f"{n} {kind}" for kind, n in sorted(scope.selector_counts().items()))
+    parts.extend(f"{n} {kind}" for kind, n in sorted(hold.selector_counts().items()))
     if scope.tenant is not None:
         parts.append(f"tenant {scope.tenant}")
     if scope.occurred_from or scope.occurred_to:
@@ -116,7 +117,7 @@ def cmd_hold_place(ctx: Context) -> int:
         _json(placement.as_dict())
     else:
         hold = placement.hold
-        print(f"hold {hold.id} placed for case {hold.case_ref}: {_scope_summary(hold.scope)}")
+        print(f"hold {hold.id} placed for case {hold.case_ref}: {_scope_summary(hold)}")
         print(f"  preserves now: {_counts(placement.preserved)}")
     lost = {n: c for n, c in placement.destroyed_while_placing.items() if c}
     if lost:
@@ -156,7 +157,7 @@ def cmd_hold_list(ctx: Context) -> int:
         state = "active" if h.active else "released"
         print(
             f"{h.id:>6}  {state:<8} {h.placed_at.isoformat():<25} {h.case_ref:<20} "
-            f"{_scope_summary(h.scope)}"
+            f"{_scope_summary(h)}"
         )
     return EXIT_OK
 
@@ -178,7 +179,7 @@ def cmd_hold_show(ctx: Context) -> int:
         assert hold.released_at is not None
         print(f"  released:  {hold.released_at.isoformat()} by {hold.released_by}")
         print(f"  because:   {hold.release_reason}")
-    print(f"  scope:     {_scope_summary(hold.scope)}")
+    print(f"  scope:     {_scope_summary(hold)}")
     for key in hold.scope.subject_keys or ():
         print(f"    {key}")
     print(f"  preserves: {_counts(preserved)}")

@@ -61,6 +61,7 @@ _COLUMNS = (
     "released_at",
     "released_by",
     "release_reason",
+    "released_selectors",
 )
 _MAX_TEXT = 1000
 _COUNT_ATTEMPTS = 5
@@ -251,11 +252,17 @@ class Hold:
     released_at: datetime | None = None
     released_by: str | None = None
     release_reason: str | None = None
+    # Identifiers per selector type; on release they replace the identifiers.
+    released_selectors: dict[str, int] | None = None
 
     @property
     def active(self) -> bool:
         """True until it is released."""
         return self.released_at is None
+
+    def selector_counts(self) -> dict[str, int]:
+        """Identifiers per selector type, whether the hold still keeps them or not."""
+        return self.scope.selector_counts() or dict(self.released_selectors or {})
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Hold:
@@ -278,6 +285,7 @@ class Hold:
             released_at=r["released_at"],
             released_by=r["released_by"],
             release_reason=r["release_reason"],
+            released_selectors=r["released_selectors"],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -293,6 +301,7 @@ class Hold:
             "released_at": _iso(self.released_at),
             "released_by": self.released_by,
             "release_reason": self.release_reason,
+            "selectors": self.selector_counts(),
         }
 
 
@@ -383,13 +392,15 @@ def release(conn: psycopg.Connection[Any], hold_id: int, *, released_by: str, re
     why = _text(reason, "release reason", required=True)
     with wrap_errors("release legal hold"), conn.transaction():
         conn.execute(query("holds_lock_place"))
+        existing = conn.execute(query("hold_get"), {"id": hold_id}).fetchone()
+        if existing is None:
+            raise UnknownHold(f"no legal hold has id {hold_id}")
+        # The digest of the scope as placed: the release forgets the identifiers.
+        digest = Hold.from_row(existing).scope.digest()
         row = conn.execute(
             query("hold_release"), {"id": hold_id, "released_by": who, "release_reason": why}
         ).fetchone()
         if row is None:
-            existing = conn.execute(query("hold_get"), {"id": hold_id}).fetchone()
-            if existing is None:
-                raise UnknownHold(f"no legal hold has id {hold_id}")
             raise HoldReleased(
                 f"legal hold {hold_id} was already released; place a new hold instead"
             )
@@ -403,7 +414,7 @@ def release(conn: psycopg.Connection[Any], hold_id: int, *, released_by: str, re
                 "released_by": who,
                 "release_reason": why,
                 "released_at": _iso(hold.released_at),
-                "scope_digest": hold.scope.digest(),
+                "scope_digest": digest,
             },
         )
     return hold

@@ -194,24 +194,29 @@ INSERT INTO purger.legal_holds
 VALUES (%(case_ref)s, %(reason)s, %(placed_by)s, %(categories)s, %(subject_keys)s, %(tenant)s,
         %(occurred_from)s, %(occurred_to)s, %(all_records)s)
 RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
-          occurred_from, occurred_to, all_records, released_at, released_by, release_reason;
+          occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
+       released_selectors;
 
 -- name: hold_release
 UPDATE purger.legal_holds
 SET released_at = clock_timestamp(), released_by = %(released_by)s,
-    release_reason = %(release_reason)s
+    release_reason = %(release_reason)s,
+    subject_keys = NULL, released_selectors = purger.selector_counts(subject_keys)
 WHERE id = %(id)s AND released_at IS NULL
 RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
-          occurred_from, occurred_to, all_records, released_at, released_by, release_reason;
+          occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
+       released_selectors;
 
 -- name: hold_get
 SELECT id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
-       occurred_from, occurred_to, all_records, released_at, released_by, release_reason
+       occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
+       released_selectors
 FROM purger.legal_holds WHERE id = %(id)s;
 
 -- name: holds_list
 SELECT id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
-       occurred_from, occurred_to, all_records, released_at, released_by, release_reason
+       occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
+       released_selectors
 FROM purger.legal_holds
 WHERE NOT %(active_only)s OR released_at IS NULL
 ORDER BY id;

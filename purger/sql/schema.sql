@@ -47,16 +47,28 @@ BEGIN
     END IF;
     IF NEW.released_at IS NULL
        OR (NEW.id, NEW.case_ref, NEW.reason, NEW.placed_by, NEW.placed_at, NEW.categories,
-           NEW.subject_keys, NEW.tenant, NEW.occurred_from, NEW.occurred_to, NEW.all_records)
+           NEW.tenant, NEW.occurred_from, NEW.occurred_to, NEW.all_records)
           IS DISTINCT FROM
           (OLD.id, OLD.case_ref, OLD.reason, OLD.placed_by, OLD.placed_at, OLD.categories,
-           OLD.subject_keys, OLD.tenant, OLD.occurred_from, OLD.occurred_to, OLD.all_records)
+           OLD.tenant, OLD.occurred_from, OLD.occurred_to, OLD.all_records)
+       OR NEW.subject_keys IS NOT NULL
+       OR NEW.released_selectors IS DISTINCT FROM purger.selector_counts(OLD.subject_keys)
     THEN
         RAISE EXCEPTION 'legal hold %: only its release may be recorded', OLD.id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END;
+$$;
+
+-- Name: selector_counts(text[]); Type: FUNCTION; Schema: purger; Owner: -
+
+CREATE FUNCTION purger.selector_counts(subject_keys text[]) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT jsonb_object_agg(kind, n)
+    FROM (SELECT split_part(k, ':', 1) AS kind, count(*) AS n
+          FROM unnest(subject_keys) AS k GROUP BY 1) AS per_kind
 $$;
 
 -- Name: audit_head; Type: TABLE; Schema: purger; Owner: -
@@ -106,11 +118,13 @@ CREATE TABLE purger.legal_holds (
     released_at timestamp with time zone,
     released_by text,
     release_reason text,
+    released_selectors jsonb,
     CONSTRAINT legal_holds_case_ref_check CHECK ((btrim(case_ref) <> ''::text)),
     CONSTRAINT legal_holds_categories_check CHECK (((cardinality(categories) > 0) AND (array_position(categories, NULL::text) IS NULL))),
     CONSTRAINT legal_holds_check CHECK (((occurred_from IS NULL) OR (occurred_to IS NULL) OR (occurred_from <= occurred_to))),
-    CONSTRAINT legal_holds_check1 CHECK (((subject_keys IS NOT NULL) OR (tenant IS NOT NULL) OR all_records)),
-    CONSTRAINT legal_holds_check2 CHECK ((((released_at IS NULL) AND (released_by IS NULL) AND (release_reason IS NULL)) OR ((released_at IS NOT NULL) AND (btrim(released_by) <> ''::text) AND (btrim(release_reason) <> ''::text)))),
+    CONSTRAINT legal_holds_check1 CHECK (((subject_keys IS NOT NULL) OR (tenant IS NOT NULL) OR all_records OR (released_selectors IS NOT NULL))),
+    CONSTRAINT legal_holds_check2 CHECK (((released_selectors IS NULL) OR ((released_at IS NOT NULL) AND (subject_keys IS NULL)))),
+    CONSTRAINT legal_holds_check3 CHECK ((((released_at IS NULL) AND (released_by IS NULL) AND (release_reason IS NULL)) OR ((released_at IS NOT NULL) AND (btrim(released_by) <> ''::text) AND (btrim(release_reason) <> ''::text)))),
     CONSTRAINT legal_holds_placed_by_check CHECK ((btrim(placed_by) <> ''::text)),
     CONSTRAINT legal_holds_reason_check CHECK ((btrim(reason) <> ''::text)),
     CONSTRAINT legal_holds_subject_keys_check CHECK (((cardinality(subject_keys) > 0) AND (array_position(subject_keys, NULL::text) IS NULL))),

@@ -390,6 +390,47 @@ def test_holds_are_never_deleted_and_a_released_hold_never_changes(
     assert len(kinds) == 1
 
 
+def test_a_released_hold_forgets_its_identifiers_but_not_how_many_it_had(
+    database: str, policy: RetentionPolicy
+) -> None:
+    placement = place(
+        database, policy, subjects={"msisdn": ["0612345678", "0687654321"], "email": ["A@B.nl"]}
+    )
+    placed_digest = placement.hold.scope.digest()
+    released = release(database, placement.hold.id)
+
+    assert released.scope.subject_keys is None
+    assert released.selector_counts() == {"msisdn": 2, "email": 1}
+    with psycopg.connect(database) as conn:
+        row = conn.execute(
+            "SELECT subject_keys, released_selectors, to_jsonb(h)::text "
+            "FROM purger.legal_holds h WHERE id = %s",
+            (placement.hold.id,),
+        ).fetchone()
+        assert row is not None
+        assert row[:2] == (None, {"msisdn": 2, "email": 1})
+        assert "612345678" not in row[2] and "a@b.nl" not in row[2].lower()
+        # Not even by hand: a release must forget them, and nothing else may.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "UPDATE purger.legal_holds SET subject_keys = NULL, "
+                "released_selectors = purger.selector_counts(subject_keys) WHERE id = %s",
+                (place(database, policy, "CASE-2", subjects={"msisdn": ["0611111111"]}).hold.id,),
+            )
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "UPDATE purger.legal_holds SET released_at = now(), released_by = 'x', "
+                "release_reason = 'keeps the identifiers' WHERE case_ref = 'CASE-2'"
+            )
+    # The audit trail vouches for the scope as it was placed.
+    (entry,) = [
+        e for e in audit_kinds(database, "hold_released") if e["hold_id"] == placement.hold.id
+    ]
+    assert entry["scope_digest"] == placed_digest
+    _chain_ok(database)
+
+
 def test_a_scope_with_tenant_window_and_category_covers_only_its_records(
     database: str, policy: RetentionPolicy
 ) -> None:
