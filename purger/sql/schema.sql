@@ -122,11 +122,11 @@ CREATE TABLE purger.legal_holds (
     CONSTRAINT legal_holds_case_ref_check CHECK ((btrim(case_ref) <> ''::text)),
     CONSTRAINT legal_holds_categories_check CHECK (((cardinality(categories) > 0) AND (array_position(categories, NULL::text) IS NULL))),
     CONSTRAINT legal_holds_check CHECK (((occurred_from IS NULL) OR (occurred_to IS NULL) OR (occurred_from <= occurred_to))),
-    CONSTRAINT legal_holds_check1 CHECK (((subject_keys IS NOT NULL) OR (tenant IS NOT NULL) OR all_records OR (released_selectors IS NOT NULL))),
-    CONSTRAINT legal_holds_check2 CHECK (((released_selectors IS NULL) OR ((released_at IS NOT NULL) AND (subject_keys IS NULL)))),
-    CONSTRAINT legal_holds_check3 CHECK ((((released_at IS NULL) AND (released_by IS NULL) AND (release_reason IS NULL)) OR ((released_at IS NOT NULL) AND (btrim(released_by) <> ''::text) AND (btrim(release_reason) <> ''::text)))),
+    CONSTRAINT legal_holds_check2 CHECK ((((released_at IS NULL) AND (released_by IS NULL) AND (release_reason IS NULL)) OR ((released_at IS NOT NULL) AND (btrim(released_by) <> ''::text) AND (btrim(release_reason) <> ''::text)))),
     CONSTRAINT legal_holds_placed_by_check CHECK ((btrim(placed_by) <> ''::text)),
     CONSTRAINT legal_holds_reason_check CHECK ((btrim(reason) <> ''::text)),
+    CONSTRAINT legal_holds_released_selectors_check CHECK (((released_selectors IS NULL) OR ((released_at IS NOT NULL) AND (subject_keys IS NULL)))),
+    CONSTRAINT legal_holds_scope_check CHECK (((subject_keys IS NOT NULL) OR (tenant IS NOT NULL) OR all_records OR (released_selectors IS NOT NULL))),
     CONSTRAINT legal_holds_subject_keys_check CHECK (((cardinality(subject_keys) > 0) AND (array_position(subject_keys, NULL::text) IS NULL))),
     CONSTRAINT legal_holds_tenant_check CHECK ((btrim(tenant) <> ''::text))
 );

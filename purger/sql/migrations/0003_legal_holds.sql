@@ -21,15 +21,9 @@ CREATE TABLE purger.legal_holds (
     released_at    timestamptz,
     released_by    text,
     release_reason text,
-    -- A released hold keeps no identifiers: its subject_keys served only to decide
-    -- coverage, which ends with the release. What remains is how many of each kind
-    -- there were ({"msisdn": 2}); the audit trail keeps the whole scope's digest.
-    released_selectors jsonb,
     CHECK (occurred_from IS NULL OR occurred_to IS NULL OR occurred_from <= occurred_to),
     -- A hold on everything must be asked for explicitly.
-    CHECK (subject_keys IS NOT NULL OR tenant IS NOT NULL OR all_records
-           OR released_selectors IS NOT NULL),
-    CHECK (released_selectors IS NULL OR (released_at IS NOT NULL AND subject_keys IS NULL)),
+    CHECK (subject_keys IS NOT NULL OR tenant IS NOT NULL OR all_records),
     CHECK ((released_at IS NULL AND released_by IS NULL AND release_reason IS NULL)
         OR (released_at IS NOT NULL AND btrim(released_by) <> '' AND btrim(release_reason) <> ''))
 );
@@ -58,18 +52,8 @@ AS $$
        AND (hold_occurred_to IS NULL OR occurred_at <= hold_occurred_to)
 $$;
 
--- Identifiers per selector type of a hold's subject keys (NULL when it has none).
-CREATE FUNCTION purger.selector_counts(subject_keys text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT jsonb_object_agg(kind, n)
-    FROM (SELECT split_part(k, ':', 1) AS kind, count(*) AS n
-          FROM unnest(subject_keys) AS k GROUP BY 1) AS per_kind
-$$;
-
 -- A hold is never deleted and its scope never changes; the only update is its
--- release, once, which also replaces its identifiers by their counts: a released
--- hold is never reactivated (place a new one).
+-- release, once: a released hold is never reactivated (place a new one).
 CREATE FUNCTION purger.legal_holds_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -83,12 +67,10 @@ BEGIN
     END IF;
     IF NEW.released_at IS NULL
        OR (NEW.id, NEW.case_ref, NEW.reason, NEW.placed_by, NEW.placed_at, NEW.categories,
-           NEW.tenant, NEW.occurred_from, NEW.occurred_to, NEW.all_records)
+           NEW.subject_keys, NEW.tenant, NEW.occurred_from, NEW.occurred_to, NEW.all_records)
           IS DISTINCT FROM
           (OLD.id, OLD.case_ref, OLD.reason, OLD.placed_by, OLD.placed_at, OLD.categories,
-           OLD.tenant, OLD.occurred_from, OLD.occurred_to, OLD.all_records)
-       OR NEW.subject_keys IS NOT NULL
-       OR NEW.released_selectors IS DISTINCT FROM purger.selector_counts(OLD.subject_keys)
+           OLD.subject_keys, OLD.tenant, OLD.occurred_from, OLD.occurred_to, OLD.all_records)
     THEN
         RAISE EXCEPTION 'legal hold %: only its release may be recorded', OLD.id
             USING ERRCODE = 'insufficient_privilege';
