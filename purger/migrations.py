@@ -55,8 +55,11 @@ def available() -> list[Migration]:
     return found
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Apply the pending migrations in one transaction; return those applied."""
+def migrate(conn: psycopg.Connection[Any], *, up_to: int | None = None) -> list[Migration]:
+    """Apply the pending migrations (up to version ``up_to``, default all) in one transaction.
+
+    Returns those applied.
+    """
     applied: list[Migration] = []
     with wrap_errors("migrate"), conn.transaction():
         conn.execute(_LOCK)
@@ -66,6 +69,8 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
             for row in conn.execute("SELECT version, checksum FROM purger.schema_migrations")
         }
         for migration in available():
+            if up_to is not None and migration.version > up_to:
+                break
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
                     raise MigrationError(

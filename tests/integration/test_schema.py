@@ -112,3 +112,30 @@ def test_an_edited_applied_migration_is_refused(empty_database: str) -> None:
         conn.commit()
         with pytest.raises(MigrationError, match="0001"):
             migrations.migrate(conn)
+
+
+def test_holds_released_before_0004_forget_their_identifiers_on_upgrade(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database) as conn:
+        migrations.migrate(conn, up_to=3)
+        conn.execute(
+            "INSERT INTO purger.legal_holds (case_ref, reason, placed_by, subject_keys) VALUES "
+            "('C-1', 'order', 'alice', ARRAY['msisdn:+31612345678', 'email:a@b.nl']), "
+            "('C-2', 'order', 'alice', ARRAY['msisdn:+31687654321'])"
+        )
+        conn.execute(
+            "UPDATE purger.legal_holds SET released_at = now(), released_by = 'bob', "
+            "release_reason = 'closed' WHERE case_ref = 'C-1'"
+        )
+        conn.commit()
+        applied = migrations.migrate(conn)
+        rows = conn.execute(
+            "SELECT case_ref, subject_keys, released_selectors FROM purger.legal_holds "
+            "ORDER BY case_ref"
+        ).fetchall()
+    assert [m.version for m in applied] == [m.version for m in migrations.available()][3:]
+    assert rows == [
+        ("C-1", None, {"msisdn": 1, "email": 1}),
+        ("C-2", ["msisdn:+31687654321"], None),
+    ]
