@@ -53,7 +53,7 @@ precedes every timed pass. Nothing here is a test: no figure fails a build.
 Where a target is not met, the reason (measured, not guessed):
 
 - **One worker against ceiling (a).** Ceiling (a) only fetches and `json.loads`
-  (13 to 23 µs a message once kafka-python uses the C CRC-32C of the `crc32c`
+  (12 to 23 µs a message once kafka-python uses the C CRC-32C of the `crc32c`
   package). Our worker also validates every message against the contract and
   normalises every identifier (libphonenumber for MSISDNs, `ipaddress` for IPv6),
   computes the expiry, encodes the payload for COPY and waits for the database
