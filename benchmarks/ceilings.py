@@ -22,24 +22,15 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from benchmarks.dataset import COLUMNS
 from consumers.kafka_config import consumer_options
 from purger.partitions import PartitionManager, parent_table
 from purger.policy import RetentionPolicy
 from purger.records import decode
 from purger.settings import Settings
 
-COPY_COLUMNS = (
-    "record_id",
-    "tenant",
-    "occurred_at",
-    "expires_at",
-    "subject_keys",
-    "subjects",
-    "payload",
-    "source_topic",
-    "source_partition",
-    "source_offset",
-)
+# The columns our consumer writes: the record's, then where it came from.
+COPY_COLUMNS = (*COLUMNS, "source_topic", "source_partition", "source_offset")
 
 
 @dataclass
