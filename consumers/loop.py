@@ -207,9 +207,6 @@ class ConsumerWorker:
         batch: dict[str, list[Envelope]] = defaultdict(list)
         letters: list[DeadLetter] = []
         last: dict[TopicPartition, int] = {}
-        # Read once per batch: the settings parse the duration on every access.
-        tolerance = self.settings.future_tolerance_delta
-        country = self.settings.default_country_code
         for tp, messages in polled.items():
             category = self.by_topic[tp.topic]
             for msg in messages:
@@ -219,8 +216,8 @@ class ConsumerWorker:
                     record = decode(
                         msg.value,
                         now=now,
-                        future_tolerance=tolerance,
-                        default_country_code=country,
+                        future_tolerance=self.settings.future_tolerance_delta,
+                        default_country_code=self.settings.default_country_code,
                     )
                     try:
                         expires_at = category.expires_at(record.tenant, record.occurred_at)

@@ -11,6 +11,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from purger.errors import DurationError
 
@@ -51,6 +52,13 @@ def parse_duration(text: str) -> Duration:
     """Parse ``PnYnMnWnDTnHnMnS`` (integer parts only); raise DurationError otherwise."""
     if not isinstance(text, str):
         raise DurationError(f"expected an ISO-8601 duration string, got {type(text).__name__}")
+    return _parse(text)
+
+
+# Settings hand out durations as properties read on hot paths (once per message);
+# the few distinct strings of a configuration are parsed once.
+@lru_cache(maxsize=256)
+def _parse(text: str) -> Duration:
     match = _PATTERN.match(text.strip())
     if match is None:
         raise DurationError(f"{text!r} is not an ISO-8601 duration such as P6M, P90D, P1Y or PT12H")
