@@ -1,16 +1,31 @@
-"""The dead-letter topic: bad messages go there, with headers saying where from and why."""
+"""The dead-letter topic: bad messages go there, with headers saying where from and why.
+
+A dead letter is always writable. It keeps the original key and value when the
+broker takes them; when it does not (size), the value is cut to fit and the
+headers say so (``purger.truncated``, ``purger.original.size``); a message with
+neither key nor value (a tombstone) is written with an empty value. Failures to
+write are raised as an outage (``KafkaOutage``: retried by the caller) or a fault
+(``KafkaFault``), never as a reason to skip a message.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from purger.errors import DeadLetterError
+from consumers.failures import KafkaFault, KafkaOutage, Kind, classify
+from purger.metrics import Metrics
 
 ACK_TIMEOUT_SECONDS = 30
+# What the producer may send in one request (its max_request_size, set to this in
+# consumers.kafka_config) and a broker's default max.message.bytes, less room for
+# the record batch framing.
+MAX_LETTER_BYTES = 1024 * 1024 - 16 * 1024
+_FRAMING_BYTES = 512
+_MIN_LETTER_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +41,12 @@ class DeadLetter:
     detail: str
     key: bytes | None
     value: bytes | None
+    truncated_from: int | None = None
 
 
 def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     """Kafka headers of a dead letter."""
-    return [
+    out = [
         ("purger.source.topic", letter.source_topic.encode()),
         ("purger.source.partition", str(letter.source_partition).encode()),
         ("purger.source.offset", str(letter.source_offset).encode()),
@@ -38,39 +54,102 @@ def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
         ("purger.category", letter.category.encode()),
         ("purger.detail", letter.detail.encode()),
     ]
+    if letter.truncated_from is not None:
+        out.append(("purger.truncated", b"true"))
+        out.append(("purger.original.size", str(letter.truncated_from).encode()))
+    return out
+
+
+def letter_size(letter: DeadLetter) -> int:
+    """Bytes the letter takes in a request, framing included (an upper estimate)."""
+    head = sum(len(k) + len(v) + 8 for k, v in headers(letter))
+    return len(letter.key or b"") + len(letter.value or b"") + head + _FRAMING_BYTES
+
+
+def fit(letter: DeadLetter, limit: int = MAX_LETTER_BYTES) -> DeadLetter:
+    """The letter cut down to ``limit`` bytes: value first, then key, flagged in headers."""
+    if letter.key is None and letter.value is None:
+        # The producer refuses a message with neither; the reason header says what it was.
+        letter = replace(letter, value=b"")
+    if letter_size(letter) <= limit:
+        return letter
+    value = letter.value or b""
+    key = letter.key
+    original = len(value)
+    cut = replace(letter, value=b"", truncated_from=original)
+    room = limit - letter_size(cut)
+    if room < 0 and key is not None:
+        key = key[: max(0, len(key) + room)]
+        cut = replace(cut, key=key)
+        room = limit - letter_size(cut)
+    return replace(cut, value=value[: max(0, room)])
 
 
 class DeadLetterWriter:
     """Writes dead letters and waits until every one is acknowledged."""
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(
+        self, producer: KafkaProducer, metrics: Metrics | None = None, limit: int = MAX_LETTER_BYTES
+    ) -> None:
         self.producer = producer
+        self.metrics = metrics
+        self.limit = limit
 
     def write(self, letters: list[DeadLetter]) -> None:
-        """Send ``letters``; DeadLetterError unless all are acknowledged."""
-        if not letters:
-            return
-        futures: list[tuple[DeadLetter, Any]] = []
-        try:
-            for letter in letters:
-                futures.append(
-                    (
-                        letter,
-                        self.producer.send(
-                            letter.dlq_topic,
-                            value=letter.value,
-                            key=letter.key,
-                            headers=headers(letter),
-                        ),
-                    )
+        """Send ``letters`` until all are acknowledged; KafkaOutage/KafkaFault if not.
+
+        Letters acknowledged before a failure are removed from ``letters``, so that
+        a retry with the same list resends only the rest.
+        """
+        limit = self.limit
+        while letters:
+            fitted = [fit(letter, limit) for letter in letters]
+            failures = self._send(letters, fitted)
+            if not failures:
+                break
+            others = [exc for exc in failures if not _too_large(exc)]
+            if not others and limit > _MIN_LETTER_BYTES:
+                # The topic takes less than the producer's limit (its own
+                # max.message.bytes): halve until it fits; the headers stay whole.
+                limit //= 2
+                continue
+            first = others[0] if others else failures[0]
+            where = f"{letters[0].dlq_topic} ({len(letters)} letters pending)"
+            if classify(first) is Kind.OUTAGE:
+                raise KafkaOutage(f"dead-letter write to {where}: {first.__class__.__name__}")
+            raise KafkaFault(f"dead-letter write to {where}: {first.__class__.__name__}")
+
+    def _send(self, letters: list[DeadLetter], fitted: list[DeadLetter]) -> list[KafkaError]:
+        futures: list[tuple[DeadLetter, DeadLetter, Any]] = []
+        failures: list[KafkaError] = []
+        for original, letter in zip(letters, fitted, strict=True):
+            try:
+                future = self.producer.send(
+                    letter.dlq_topic, value=letter.value, key=letter.key, headers=headers(letter)
                 )
+            except KafkaError as exc:
+                # send() blocks up to max_block_ms when the broker is away: one such
+                # wait is enough to know, the rest of the letters wait for the retry.
+                failures.append(exc)
+                break
+            futures.append((original, letter, future))
+        try:
             self.producer.flush(timeout=ACK_TIMEOUT_SECONDS)
-            for _letter, future in futures:
-                future.get(timeout=ACK_TIMEOUT_SECONDS)
         except KafkaError as exc:
-            first = futures[0][0] if futures else letters[0]
-            raise DeadLetterError(
-                f"dead-letter write to {first.dlq_topic} was not acknowledged "
-                f"({exc.__class__.__name__}); stopping rather than skipping "
-                f"{first.source_topic}/{first.source_partition}@{first.source_offset}"
-            ) from exc
+            failures.append(exc)
+        acked: set[int] = set()
+        for original, letter, future in futures:
+            try:
+                future.get(timeout=ACK_TIMEOUT_SECONDS)
+            except KafkaError as exc:
+                failures.append(exc)
+                continue
+            acked.add(id(original))
+            if letter.truncated_from is not None and self.metrics is not None:
+                self.metrics.dead_letters_truncated.labels(letter.category).inc()
+        letters[:] = [letter for letter in letters if id(letter) not in acked]
+        return failures
+
+
+def _too_large(exc: BaseException) -> bool:
+    return isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError)

@@ -50,6 +50,19 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+PRODUCER_MAX_REQUEST_BYTES = 1024 * 1024
+# How long send() may block waiting for metadata while the broker is away; the
+# consumer loop waits out the outage itself, with backoff and a live heartbeat.
+PRODUCER_MAX_BLOCK_MS = 10_000
+
+
 def producer_options(settings: Settings) -> dict[str, Any]:
     """Dead-letter producer options: acknowledged by all in-sync replicas."""
-    return {**client_options(settings), "acks": "all", "retries": 5, "linger_ms": 5}
+    return {
+        **client_options(settings),
+        "acks": "all",
+        "retries": 5,
+        "linger_ms": 5,
+        "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
+        "max_block_ms": PRODUCER_MAX_BLOCK_MS,
+    }

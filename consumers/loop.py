@@ -1,31 +1,33 @@
-"""The consumer loop: poll, decode, validate, store in one transaction, then commit.
+"""The consumer loop: poll, decode, store in one transaction, dead-letter, then commit.
 
-Offsets move only after the database commit (and after every dead letter of the
-batch is acknowledged), and only forward. A database outage is retried with
-backoff and no commit; a dead-letter outage stops the worker rather than skip.
+Offsets move only after the database commit and after every dead letter of the
+batch is acknowledged, and only forward. Failures follow the one policy of
+``consumers.failures``: a poison record is dead-lettered and the partition moves
+on; a systemic fault or an outage is retried here, through one ``Retrier``, with
+nothing committed meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.base import MemberState
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError
 
+from consumers.checkpoint import Checkpoint
 from consumers.deadletter import DeadLetter, DeadLetterWriter
+from consumers.failures import Retrier, Stopping
 from consumers.kafka_config import consumer_options, producer_options
-from purger.errors import DatabaseUnavailable, InvalidMessage, StorageError
+from consumers.summary import IngestSummary
+from purger.errors import InvalidMessage, RecordRefused, StorageError
 from purger.metrics import Metrics
 from purger.policy import Category, RetentionPolicy
 from purger.records import (
@@ -39,68 +41,19 @@ from purger.storage import BatchResult, Envelope, Storage
 
 log = logging.getLogger("purger.consumer")
 
-
-class Stopping(Exception):
-    """The stop flag was set while the worker waited."""
-
-
-@dataclass
-class CategoryCounts:
-    """What became of one category's messages."""
-
-    stored: int = 0
-    duplicates: int = 0
-    expired_on_arrival: int = 0
-    # Arrived expired but covered by a legal hold: stored in held storage.
-    held: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def add(self, other: CategoryCounts) -> None:
-        """Add ``other`` into this."""
-        self.stored += other.stored
-        self.duplicates += other.duplicates
-        self.expired_on_arrival += other.expired_on_arrival
-        self.held += other.held
-        for reason, n in other.dead_lettered.items():
-            self.dead_lettered[reason] += n
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return {
-            "stored": self.stored,
-            "duplicates": self.duplicates,
-            "expired_on_arrival": self.expired_on_arrival,
-            "held": self.held,
-            "dead_lettered": sum(self.dead_lettered.values()),
-            "dead_lettered_by_reason": dict(sorted(self.dead_lettered.items())),
-        }
+Polled = dict[TopicPartition, list[Any]]
+REASON_DECODE_FAILED = "decode_failed"  # TODO move to purger.records
 
 
-@dataclass
-class IngestSummary:
-    """Per-category counts of one worker (or of several, added up)."""
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A polled batch after decoding: records by category, letters, last offsets."""
 
-    categories: dict[str, CategoryCounts] = field(default_factory=dict)
-    messages: int = 0
-    assigned_partitions: int = 0
-
-    def counts(self, category: str) -> CategoryCounts:
-        """The counts of ``category``, created on first use."""
-        return self.categories.setdefault(category, CategoryCounts())
-
-    def add(self, other: IngestSummary) -> None:
-        """Add ``other`` into this."""
-        self.messages += other.messages
-        self.assigned_partitions = max(self.assigned_partitions, other.assigned_partitions)
-        for name, counts in other.categories.items():
-            self.counts(name).add(counts)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return {
-            "messages": self.messages,
-            "categories": {n: c.as_dict() for n, c in sorted(self.categories.items())},
-        }
+    records: dict[str, list[Envelope]]
+    letters: list[DeadLetter]
+    last: dict[TopicPartition, int]
+    # (topic, partition, offset) -> message, for the dead letter of a refused record.
+    messages: dict[tuple[str, int, int], Any]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -110,8 +63,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         # Called inside poll(), so every batch handed out has been processed:
         # commit what the database holds, forget the rest.
-        self.worker.commit_pending(only=set(revoked))
-        self.worker.forget(set(revoked))
+        revoked = set(revoked)
+        self.worker.commit_pending(only=revoked)
+        self.worker.checkpoint.forget(revoked)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = set(assigned)
@@ -132,6 +86,7 @@ class ConsumerWorker:
         until_idle: bool = False,
         worker_id: int = 0,
         on_batch: Callable[[], None] | None = None,
+        beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -140,164 +95,223 @@ class ConsumerWorker:
         self.until_idle = until_idle
         self.worker_id = worker_id
         self.on_batch = on_batch
+        self.beat = beat
         self.by_topic: dict[str, Category] = policy.by_topic()
         self.summary = IngestSummary()
         self.ever_assigned: set[TopicPartition] = set()
-        self._pending: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self.checkpoint = Checkpoint()
+        self.retrier = Retrier(
+            metrics,
+            stop,
+            longest=settings.db_retry_max_backoff_seconds,
+            beat=beat,
+            worker=worker_id,
+        )
         self._consumer: KafkaConsumer | None = None
-        self._last_lag = 0.0
-        self.last_progress = time.monotonic()
+        self._lag_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------
     def run(self) -> IngestSummary:
         """Consume until the stop flag is set (or, with until_idle, until caught up)."""
-        with ExitStack() as stack:
-            storage = stack.enter_context(
-                Storage(
-                    self.settings.conninfo(),
-                    self.policy,
-                    self.settings.granularity,
-                    role=f"consumer-{self.worker_id}",
-                )
+        try:
+            with ExitStack() as stack:
+                self._run(stack)
+        except Stopping:
+            pass
+        self.summary.assigned_partitions = len(self.ever_assigned)
+        return self.summary
+
+    def _run(self, stack: ExitStack) -> None:
+        storage = stack.enter_context(
+            Storage(
+                self.settings.conninfo(),
+                self.policy,
+                self.settings.granularity,
+                role=f"consumer-{self.worker_id}",
             )
-            producer = KafkaProducer(**producer_options(self.settings))
-            stack.callback(producer.close, timeout=10)
-            consumer = KafkaConsumer(**consumer_options(self.settings))
-            self._consumer = consumer
-            # Closing commits nothing by itself (auto-commit is off, and kafka-python
-            # does not call on_partitions_revoked on close): commit first.
-            stack.callback(consumer.close, autocommit=False)
-            stack.callback(self.commit_pending)
-            consumer.subscribe(topics=sorted(self.by_topic), listener=_Rebalance(self))
-            dlq = DeadLetterWriter(producer)
-            idle_polls = 0
-            while not self.stop.is_set():
-                self.last_progress = time.monotonic()
-                polled = consumer.poll(
+        )
+        producer = self._client(KafkaProducer, producer_options(self.settings))
+        stack.callback(producer.close, timeout=10)
+        consumer = self._client(KafkaConsumer, consumer_options(self.settings))
+        self._consumer = consumer
+        self.checkpoint.consumer = consumer
+        # Closing commits nothing by itself (auto-commit is off, and kafka-python
+        # does not call on_partitions_revoked on close): commit first.
+        stack.callback(consumer.close, autocommit=False)
+        stack.callback(self.commit_pending)
+        consumer.subscribe(topics=sorted(self.by_topic), listener=_Rebalance(self))
+        dlq = DeadLetterWriter(producer, self.metrics)
+        idle_polls = 0
+        while not self.stop.is_set():
+            self.beat()
+            polled = self.retrier.run(
+                lambda: consumer.poll(
                     timeout_ms=self.settings.poll_timeout_ms,
                     max_records=self.settings.batch_max_records,
-                )
-                self._refresh_lag()
-                if polled:
-                    idle_polls = 0
-                    try:
-                        self.process(polled, storage, dlq)
-                    except Stopping:
-                        break
-                    if self.on_batch is not None:
-                        self.on_batch()
-                elif self.until_idle:
+                ),
+                "poll",
+            )
+            self._refresh_lag()
+            if polled:
+                idle_polls = 0
+                self.process(polled, storage, dlq)
+                if self.on_batch is not None:
+                    self.on_batch()
+            else:
+                # Offsets left pending by a commit during an outage go out when idle too.
+                self.commit_pending()
+                if self.until_idle:
                     idle_polls += 1
                     if self._caught_up(idle_polls):
                         break
-            self.summary.assigned_partitions = len(self.ever_assigned)
-        return self.summary
+
+    def _client(self, factory: Callable[..., Any], options: dict[str, Any]) -> Any:
+        if self.until_idle:
+            # A one-off run reports an absent broker at once (KafkaUnavailable).
+            return factory(**options)
+        # A service waits for the broker: a pod started during a broker outage lives.
+        return self.retrier.run(lambda: factory(**options), "connect to Kafka")
 
     # -- one batch ---------------------------------------------------------------
-    def process(
-        self,
-        polled: dict[TopicPartition, list[Any]],
-        storage: Storage,
-        dlq: DeadLetterWriter,
-    ) -> None:
+    def process(self, polled: Polled, storage: Storage, dlq: DeadLetterWriter) -> None:
         """Handle one polled batch; offsets are committed only after it is durable."""
-        started = time.perf_counter()
-        now = datetime.now(UTC)
-        batch: dict[str, list[Envelope]] = defaultdict(list)
+        started = datetime.now(UTC)
+        decoded = self.decode(polled, started)
+        # Dead letters first: the offset never moves past a message that is neither
+        # stored nor acknowledged by the dead-letter topic.
+        pending = list(decoded.letters)
+        self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
+        results, refused = self.retrier.run(
+            lambda: self.store(storage, decoded.records, decoded.messages), "store batch"
+        )
+        pending = list(refused)
+        self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
+        self.checkpoint.advance(decoded.last)
+        self.commit_pending()
+        self._count(results, [*decoded.letters, *refused])
+        self.metrics.ingest_batch_duration.observe((datetime.now(UTC) - started).total_seconds())
+        self.beat()
+
+    def decode(self, polled: Polled, now: datetime) -> Decoded:
+        """Decode every message: records by category, dead letters for the rest."""
+        records: dict[str, list[Envelope]] = defaultdict(list)
         letters: list[DeadLetter] = []
         last: dict[TopicPartition, int] = {}
-        for tp, messages in polled.items():
+        messages: dict[tuple[str, int, int], Any] = {}
+        for tp, batch in polled.items():
             category = self.by_topic[tp.topic]
-            for msg in messages:
+            for msg in batch:
                 self.summary.messages += 1
                 last[tp] = max(last.get(tp, -1), msg.offset)
                 try:
-                    record = decode(
-                        msg.value,
-                        now=now,
-                        future_tolerance=self.settings.future_tolerance_delta,
-                        default_country_code=self.settings.default_country_code,
-                    )
-                    try:
-                        expires_at = category.expires_at(record.tenant, record.occurred_at)
-                    except (OverflowError, ValueError):
-                        raise InvalidMessage(
-                            REASON_INVALID_TIMESTAMP, "occurred_at + retention is out of range"
-                        ) from None
+                    envelope = self._envelope(category, msg, now)
                 except InvalidMessage as exc:
                     letters.append(self._letter(category, msg, exc.reason, exc.detail))
                     continue
-                batch[category.name].append(
-                    Envelope(record, expires_at, msg.topic, msg.partition, msg.offset)
-                )
-        # Dead letters first: the offset never moves past a message that is neither
-        # stored nor acknowledged by the dead-letter topic.
-        dlq.write(letters)
-        results, rejected = self._store(storage, batch)
-        if rejected:
-            dlq.write(rejected)
-            letters.extend(rejected)
-        for tp, offset in last.items():
-            self._pending[tp] = max(self._pending.get(tp, -1), offset + 1)
-        self.commit_pending()
-        self._count(results, letters)
-        self.metrics.ingest_batch_duration.observe(time.perf_counter() - started)
+                records[category.name].append(envelope)
+                messages[(msg.topic, msg.partition, msg.offset)] = msg
+        return Decoded(dict(records), letters, last, messages)
 
-    def _store(
-        self, storage: Storage, batch: dict[str, list[Envelope]]
-    ) -> tuple[dict[str, BatchResult], list[DeadLetter]]:
+    def _envelope(self, category: Category, msg: Any, now: datetime) -> Envelope:
         try:
-            return self._retrying(lambda: storage.store(batch)), []
-        except StorageError:
-            log.exception("batch refused by the database; storing its records one by one")
-        # A record the database refuses (not an outage) must not stall the
-        # partition: find it, dead-letter it, store the rest.
-        results: dict[str, BatchResult] = {}
-        rejected: list[DeadLetter] = []
-        for name, items in batch.items():
-            total = BatchResult(0, 0, 0)
-            for item in items:
-                try:
-                    one = self._retrying(partial(storage.store_batch, name, [item]))
-                except StorageError:
-                    rejected.append(
-                        DeadLetter(
-                            dlq_topic=self.policy.category(name).dead_letter_topic,
-                            category=name,
-                            source_topic=item.topic or "",
-                            source_partition=item.partition or 0,
-                            source_offset=item.offset or 0,
-                            reason=REASON_STORAGE_REJECTED,
-                            detail="the database refused the record",
-                            key=None,
-                            value=None,
-                        )
-                    )
-                    continue
-                total = BatchResult(
-                    total.inserted + one.inserted,
-                    total.duplicates + one.duplicates,
-                    total.expired_on_arrival + one.expired_on_arrival,
-                    total.held + one.held,
-                )
-            results[name] = total
-        return results, rejected
+            record = decode(
+                msg.value,
+                now=now,
+                future_tolerance=self.settings.future_tolerance_delta,
+                default_country_code=self.settings.default_country_code,
+            )
+            expires_at = category.expires_at(record.tenant, record.occurred_at)
+        except InvalidMessage:
+            raise
+        except (OverflowError, ValueError):
+            raise InvalidMessage(
+                REASON_INVALID_TIMESTAMP, "occurred_at + retention is out of range"
+            ) from None
+        except Exception as exc:
+            # decode is pure: an error it raises for this message is reproducible on
+            # it alone, so the message is the poison, whatever the error.
+            log.error(
+                "unexpected error decoding a message (%s)",
+                exc.__class__.__name__,
+                extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
+            )
+            raise InvalidMessage(
+                REASON_DECODE_FAILED, f"decoding raised {exc.__class__.__name__}"
+            ) from None
+        return Envelope(record, expires_at, msg.topic, msg.partition, msg.offset)
 
-    def _retrying(self, action: Callable[[], Any]) -> Any:
-        delay = 0.2
-        while True:
-            try:
-                return action()
-            except DatabaseUnavailable:
-                self.metrics.database_retries.inc()
-                log.warning(
-                    "database unavailable; retrying without committing offsets",
-                    extra={"seconds": round(delay, 2), "worker": self.worker_id},
-                )
-                if self.stop.wait(delay):
-                    raise Stopping from None
-                delay = min(delay * 2, self.settings.db_retry_max_backoff_seconds)
+    def store(
+        self,
+        storage: Storage,
+        records: dict[str, list[Envelope]],
+        messages: dict[tuple[str, int, int], Any],
+    ) -> tuple[dict[str, BatchResult], list[DeadLetter]]:
+        """Store a batch; isolate and dead-letter the records the database refuses.
+
+        Outages and systemic faults propagate (the caller retries the whole batch:
+        writes are idempotent). Only a record that fails alone, while a canary with
+        its expiry is accepted, is poison.
+        """
+        try:
+            return storage.store(records), []
+        except StorageError as exc:
+            if not _isolatable(exc):
+                raise
+        log.warning("batch refused by the database; isolating the refused records")
+        results: dict[str, BatchResult] = {}
+        refused: list[DeadLetter] = []
+        for name, items in records.items():
+            total = BatchResult(0, 0, 0)
+            for result in self._isolate(storage, name, items, refused, messages):
+                total = _add(total, result)
+            results[name] = total
+        return results, refused
+
+    def _isolate(
+        self,
+        storage: Storage,
+        name: str,
+        items: Sequence[Envelope],
+        refused: list[DeadLetter],
+        messages: dict[tuple[str, int, int], Any],
+    ) -> list[BatchResult]:
+        # Bisection: a batch of 5,000 with one refused record costs about 26
+        # transactions, not 5,000.
+        if not items:
+            return []
+        try:
+            return [storage.store_batch(name, items)]
+        except StorageError as exc:
+            if not _isolatable(exc):
+                raise
+            failure = exc
+        if isinstance(failure, RecordRefused) and failure.index is not None:
+            if len(items) > 1:
+                # The client named the row: split around it.
+                i = failure.index
+                out = self._isolate(storage, name, items[:i], refused, messages)
+                out += self._isolate(storage, name, items[i : i + 1], refused, messages)
+                out += self._isolate(storage, name, items[i + 1 :], refused, messages)
+                return out
+        elif len(items) > 1:
+            half = len(items) // 2
+            return self._isolate(storage, name, items[:half], refused, messages) + self._isolate(
+                storage, name, items[half:], refused, messages
+            )
+        else:
+            # Raises (SystemicFault) when the database refuses a blank record too.
+            storage.probe(name, items[0])
+        item = items[0]
+        msg = messages[(item.topic or "", item.partition or 0, item.offset or 0)]
+        refused.append(
+            self._letter(
+                self.policy.category(name),
+                msg,
+                REASON_STORAGE_REJECTED,
+                f"the database refused the record ({failure})",
+            )
+        )
+        return []
 
     def _letter(self, category: Category, msg: Any, reason: str, detail: str) -> DeadLetter:
         log.warning(
@@ -344,34 +358,8 @@ class ConsumerWorker:
 
     # -- offsets -----------------------------------------------------------------
     def commit_pending(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit the durable offsets not yet committed (forward only)."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        offsets = {
-            tp: OffsetAndMetadata(offset, "", -1)
-            for tp, offset in self._pending.items()
-            if (only is None or tp in only) and offset > self._committed.get(tp, -1)
-        }
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets)
-        except CommitFailedError:
-            # The group rebalanced under us; the records are in the database, so
-            # the new owner's redelivery changes nothing (writes are idempotent).
-            log.warning("offset commit refused after a rebalance; redelivery is idempotent")
-            return
-        for tp, meta in offsets.items():
-            self._committed[tp] = meta.offset
-            if self._pending.get(tp) == meta.offset:
-                del self._pending[tp]
-
-    def forget(self, partitions: set[TopicPartition]) -> None:
-        """Drop the in-memory state of partitions this worker no longer owns."""
-        for tp in partitions:
-            self._pending.pop(tp, None)
-            self._committed.pop(tp, None)
+        """Commit the durable offsets not yet committed (forward only, never a crash)."""
+        self.checkpoint.commit(only)
 
     # -- idleness and lag ----------------------------------------------------------
     def _caught_up(self, idle_polls: int) -> bool:
@@ -384,18 +372,18 @@ class ConsumerWorker:
             stable = consumer.group_metadata().state is MemberState.STABLE
             return stable and idle_polls >= 3
         try:
-            ends = consumer.end_offsets(list(assignment))
-            return all(consumer.position(tp) >= ends[tp] for tp in assignment) and not any(
-                self._pending.get(tp, -1) > self._committed.get(tp, -1) for tp in assignment
-            )
+            ends = consumer.end_offsets(list(assignment), timeout_ms=10_000)
+            return all(
+                consumer.position(tp, timeout_ms=10_000) >= ends[tp] for tp in assignment
+            ) and not self.checkpoint.outstanding(assignment)
         except KafkaError:
             return False
 
     def _refresh_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._last_lag < self.settings.lag_refresh_seconds:
+        now = datetime.now(UTC).timestamp()
+        if now - self._lag_at < self.settings.lag_refresh_seconds:
             return
-        self._last_lag = now
+        self._lag_at = now
         consumer = self._consumer
         if consumer is None:
             return
@@ -403,11 +391,29 @@ class ConsumerWorker:
         if not assignment:
             return
         try:
-            ends = consumer.end_offsets(assignment)
+            ends = consumer.end_offsets(assignment, timeout_ms=5_000)
             lag: dict[str, int] = defaultdict(int)
             for tp in assignment:
-                lag[tp.topic] += max(0, ends[tp] - consumer.position(tp))
+                lag[tp.topic] += max(0, ends[tp] - consumer.position(tp, timeout_ms=5_000))
         except KafkaError:
             return
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)
+
+
+def _isolatable(exc: StorageError) -> bool:
+    # A refused record, or a state no rule names: either may be one record's fault.
+    # Outages, timeouts and systemic faults never are.
+    return isinstance(exc, RecordRefused) or type(exc) is StorageError
+
+
+def _add(a: BatchResult, b: BatchResult) -> BatchResult:
+    return BatchResult(
+        a.inserted + b.inserted,
+        a.duplicates + b.duplicates,
+        a.expired_on_arrival + b.expired_on_arrival,
+        a.held + b.held,
+    )
+
+
+__all__ = ["ConsumerWorker", "IngestSummary", "Stopping"]

@@ -19,9 +19,10 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from prometheus_client import multiprocess
 
 from consumers.kafka_config import client_options
-from consumers.loop import IngestSummary
+from consumers.summary import IngestSummary
 from consumers.workers import run_inline, run_processes
 from purger.errors import PurgerError
+from purger.liveness import Liveness
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
@@ -41,16 +42,22 @@ def consume(
     *,
     workers: int = 1,
     until_idle: bool = False,
+    liveness: Liveness | None = None,
 ) -> dict[str, Any]:
-    """Consume with ``workers`` group members; return the per-category summary."""
+    """Consume with ``workers`` group members; return the per-category summary.
+
+    ``liveness`` receives one heartbeat slot per worker (for ``/healthz``).
+    """
     try:
         if workers == 1:
-            summary = run_inline(settings, policy, metrics, stop, until_idle=until_idle)
+            summary = run_inline(
+                settings, policy, metrics, stop, until_idle=until_idle, liveness=liveness
+            )
             errors: list[str] = []
             per_worker = [summary]
         else:
             summary, per_worker, errors = run_processes(
-                settings, policy, workers, stop, until_idle=until_idle
+                settings, policy, workers, stop, until_idle=until_idle, liveness=liveness
             )
     except KafkaTimeoutError:
         raise KafkaUnavailable(

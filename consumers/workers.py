@@ -7,10 +7,13 @@ import multiprocessing as mp
 import queue
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from consumers.loop import ConsumerWorker, IngestSummary
+from consumers.loop import ConsumerWorker
+from consumers.summary import IngestSummary
 from purger import logs
+from purger.liveness import Liveness, beater
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
@@ -25,9 +28,19 @@ def run_inline(
     stop: threading.Event,
     *,
     until_idle: bool,
+    liveness: Liveness | None = None,
 ) -> IngestSummary:
     """One worker in this process."""
-    return ConsumerWorker(settings, policy, metrics, stop, until_idle=until_idle).run()
+    beat: Callable[[], None] = lambda: None  # noqa: E731 - a no-op heartbeat
+    if liveness is not None:
+        beat = beater(liveness.slot("worker-0"))
+    try:
+        return ConsumerWorker(
+            settings, policy, metrics, stop, until_idle=until_idle, beat=beat
+        ).run()
+    finally:
+        if liveness is not None:
+            liveness.remove("worker-0")
 
 
 def _child(
@@ -38,6 +51,7 @@ def _child(
     until_idle: bool,
     stop: Any,
     results: Any,
+    heartbeat: Any = None,
 ) -> None:
     logs.configure(settings.log_format, settings.log_level)
     local_stop = threading.Event()
@@ -51,7 +65,13 @@ def _child(
     signal.signal(signal.SIGINT, lambda *_: local_stop.set())
     metrics = Metrics(categories=policy.categories, topics=policy.by_topic())
     worker = ConsumerWorker(
-        settings, policy, metrics, local_stop, until_idle=until_idle, worker_id=worker_id
+        settings,
+        policy,
+        metrics,
+        local_stop,
+        until_idle=until_idle,
+        worker_id=worker_id,
+        beat=beater(heartbeat) if heartbeat is not None else (lambda: None),
     )
     try:
         summary = worker.run()
@@ -68,16 +88,23 @@ def run_processes(
     stop: threading.Event,
     *,
     until_idle: bool,
+    liveness: Liveness | None = None,
 ) -> tuple[IngestSummary, list[IngestSummary], list[str]]:
     """Run ``workers`` processes; return the total, each worker's summary and errors."""
     ctx = mp.get_context("spawn")
     mp_stop = ctx.Event()
     results = ctx.Queue()
+    slots = [liveness.slot(f"worker-{i}", ctx) if liveness else None for i in range(workers)]
     procs = [
         ctx.Process(
             target=_child,
             args=(settings, policy, i),
-            kwargs={"until_idle": until_idle, "stop": mp_stop, "results": results},
+            kwargs={
+                "until_idle": until_idle,
+                "stop": mp_stop,
+                "results": results,
+                "heartbeat": slots[i],
+            },
             name=f"purger-consumer-{i}",
         )
         for i in range(workers)
@@ -99,6 +126,8 @@ def run_processes(
                 break
             continue
         pending -= 1
+        if liveness is not None:
+            liveness.remove(f"worker-{worker_id}")
         if error is not None:
             errors.append(f"worker {worker_id}: {error}")
             mp_stop.set()

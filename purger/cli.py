@@ -27,6 +27,7 @@ from purger.exits import (
     fail,
 )
 from purger.http import HealthServer
+from purger.liveness import Liveness
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy, load_policy
 from purger.purge import (
@@ -128,13 +129,15 @@ def cmd_migrate(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _serve(ctx: Context, metrics: Metrics, *, kafka: bool, extra_collector: Any = None) -> Any:
+def _serve(ctx: Context, metrics: Metrics, *, kafka: bool, liveness: Liveness | None = None) -> Any:
     plugin = ingest_plugin() if kafka else None
     storage = ctx.storage("readiness")
     checks: dict[str, Callable[[], None]] = {"postgresql": storage.ping}
     if plugin is not None:
         checks["kafka"] = plugin.kafka_check(ctx.settings)
-    server = HealthServer(ctx.settings.http_host, ctx.settings.http_port, metrics.registry, checks)
+    server = HealthServer(
+        ctx.settings.http_host, ctx.settings.http_port, metrics.registry, checks, liveness
+    )
     server.start()
     log.info("serving /metrics, /healthz, /readyz on port %s", server.port)
     return server
@@ -152,13 +155,16 @@ def cmd_run(ctx: Context) -> int:
     with stop_on_signals() as stop, contextlib.ExitStack() as stack:
         if multiproc is not None:
             stack.callback(multiproc.close)
-        server = _serve(ctx, metrics, kafka=True)
+        liveness = Liveness(ctx.settings.liveness_timeout_seconds)
+        server = _serve(ctx, metrics, kafka=True, liveness=liveness)
         stack.callback(server.stop)
         if not args.no_scheduler:
             scheduler = _scheduler(ctx, metrics)
             scheduler.start()
             stack.callback(scheduler.shutdown)
-        summary = plugin.consume(ctx.settings, ctx.policy, metrics, stop, workers=args.workers)
+        summary = plugin.consume(
+            ctx.settings, ctx.policy, metrics, stop, workers=args.workers, liveness=liveness
+        )
         log.info("consumers stopped", extra={"count": summary["messages"]})
         if summary["errors"]:
             for error in summary["errors"]:

@@ -40,7 +40,36 @@ class StorageError(PurgerError):
 
 
 class DatabaseUnavailable(StorageError):
-    """PostgreSQL cannot be reached right now; retrying may help."""
+    """An outage: PostgreSQL cannot be reached right now; waiting it out helps."""
+
+
+class SystemicFault(StorageError):
+    """The database refuses everything, whatever the record: permissions, schema, disk.
+
+    Never the fault of one message: the caller stops committing and retries with
+    backoff, and never dead-letters a record because of it.
+    """
+
+
+class RecordRefused(StorageError):
+    """The database refused the data of a record (a data exception, a size limit).
+
+    ``category`` and ``index`` locate the refused record in the batch, when known
+    (an encoding error on the client side); a server error names no row.
+    """
+
+    def __init__(self, message: str, *, category: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.category = category
+        self.index = index
+
+
+class LockTimeout(StorageError):
+    """A lock was not granted within ``lock_timeout``: contended, try again later."""
+
+
+class StatementTimeout(StorageError):
+    """A statement ran past ``statement_timeout`` (or was cancelled)."""
 
 
 class MigrationError(StorageError):

@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from purger.liveness import Liveness
+
 log = logging.getLogger("purger.http")
 
 Check = Callable[[], None]
@@ -24,7 +26,7 @@ class HealthServer:
         port: int,
         registry: CollectorRegistry,
         readiness: dict[str, Check],
-        liveness: Callable[[], bool] = lambda: True,
+        liveness: Liveness | None = None,
     ) -> None:
         server = self
 
@@ -34,8 +36,9 @@ class HealthServer:
                 if path == "/metrics":
                     self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    alive = server.liveness()
-                    self._json(200 if alive else 503, {"alive": alive})
+                    stale = server.liveness.stale() if server.liveness is not None else []
+                    body = {"alive": not stale, "stalled_workers": stale}
+                    self._json(503 if stale else 200, body)
                 elif path == "/readyz":
                     checks = server.check()
                     ok = all(v == "ok" for v in checks.values())

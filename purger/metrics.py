@@ -12,7 +12,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from purger.records import DEAD_LETTER_REASONS, REJECT_REASONS
 
-PURGE_OUTCOMES = ("success", "nothing_to_do", "contended", "failure", "not_leader")
+INGEST_FAULT_KINDS = ("outage", "systemic")
+PURGE_OUTCOMES = ("success", "nothing_to_do", "contended", "timed_out", "failure", "not_leader")
+# What one pass did for one category (purger/purge.py): the pass outcomes a category can have.
+CATEGORY_OUTCOMES = ("success", "nothing_to_do", "contended", "timed_out", "failure")
 
 
 class Metrics:
@@ -68,6 +71,25 @@ class Metrics:
         self.database_retries = Counter(
             "purger_database_retries", "Retries after the database was unavailable.", registry=ri
         )
+        self.ingest_faulted = Gauge(
+            "purger_ingest_faulted",
+            "1 while a worker retries an outage or a systemic fault (kind), else 0.",
+            ["kind"],
+            registry=ri,
+            multiprocess_mode="livemax",
+        )
+        self.ingest_retries = Counter(
+            "purger_ingest_retries",
+            "Ingestion retries by kind of failure (outage, systemic); never dead-lettered.",
+            ["kind"],
+            registry=ri,
+        )
+        self.dead_letters_truncated = Counter(
+            "purger_dead_letters_truncated",
+            "Dead letters whose value was cut to fit the broker's size limit, by category.",
+            ["category"],
+            registry=ri,
+        )
         self.records_purged = Counter(
             "purger_records_purged", "Records destroyed by purge passes.", ["category"], registry=r
         )
@@ -85,6 +107,17 @@ class Metrics:
         )
         self.purge_runs = Counter(
             "purger_purge_runs", "Purge passes by outcome.", ["outcome"], registry=r
+        )
+        self.purge_category_outcomes = Counter(
+            "purger_purge_category_outcomes",
+            "Purge passes by category and that category's outcome in the pass.",
+            ["category", "outcome"],
+            registry=r,
+        )
+        self.scheduler_leader = Gauge(
+            "purger_scheduler_leader",
+            "1 while this replica holds the purge scheduler's leader lock, else 0.",
+            registry=r,
         )
         self.purge_duration = Histogram(
             "purger_purge_duration_seconds",
@@ -122,13 +155,19 @@ class Metrics:
             self.records_purged.labels(category)
             self.partitions_dropped.labels(category)
             self.partitions_contended.labels(category)
+            for outcome in CATEGORY_OUTCOMES:
+                self.purge_category_outcomes.labels(category, outcome)
             self.overdue_records.labels(category)
             self.records_held.labels(category)
             for reason in REJECT_REASONS:
                 self.records_rejected.labels(category, reason)
             for reason in DEAD_LETTER_REASONS:
                 self.records_dead_lettered.labels(category, reason)
+            self.dead_letters_truncated.labels(category)
         for topic in topics:
             self.consumer_lag.labels(topic)
         for outcome in PURGE_OUTCOMES:
             self.purge_runs.labels(outcome)
+        for kind in INGEST_FAULT_KINDS:
+            self.ingest_faulted.labels(kind)
+            self.ingest_retries.labels(kind)

@@ -79,7 +79,13 @@ class Settings(BaseSettings):
     overdue_refresh_seconds: int = Field(60, ge=1, description="refresh of the overdue gauge")
     lag_refresh_seconds: int = Field(10, ge=1, description="refresh of the consumer lag gauge")
     db_retry_max_backoff_seconds: float = Field(
-        30.0, gt=0, description="longest wait between database retries"
+        30.0, gt=0, description="longest wait between retries of an outage or systemic fault"
+    )
+    liveness_timeout_seconds: float = Field(
+        180.0,
+        ge=10,
+        description="/healthz fails when a worker has neither polled nor finished a batch "
+        "for this long",
     )
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")

@@ -14,7 +14,14 @@ from psycopg.types.json import Jsonb
 
 from purger import holds, migrations
 from purger.db import connect, wrap_errors
-from purger.errors import StorageError
+from purger.errors import (
+    DatabaseUnavailable,
+    LockTimeout,
+    RecordRefused,
+    StatementTimeout,
+    StorageError,
+    SystemicFault,
+)
 from purger.partitions import PartitionManager, ensure_category_table, is_missing_partition
 from purger.partitions import parent_table as parent_of
 from purger.policy import RetentionPolicy
@@ -176,6 +183,37 @@ class Storage:
             raise
         return results
 
+    def probe(self, category: str, item: Envelope) -> None:
+        """Store a canary like ``item`` (same expiry, no data) and roll it back.
+
+        Tells a record the database refuses (the canary is accepted) from a
+        database that refuses everything (the canary fails too: the error is
+        raised, as a SystemicFault unless it is an outage or a timeout).
+        """
+        canary = Envelope(
+            Record(
+                record_id="purger-canary",
+                occurred_at=item.record.occurred_at,
+                tenant="purger-canary",
+                subjects={},
+                payload={},
+            ),
+            item.expires_at,
+        )
+        self.policy.category(category)
+        if item.expires_at > datetime.now(UTC) - timedelta(minutes=1):
+            self.partitions.ensure(self.conn, category, [item.expires_at])
+        try:
+            with wrap_errors("probe"), self.conn.transaction(force_rollback=True):
+                self._store({category: [canary]})
+        except (DatabaseUnavailable, SystemicFault, LockTimeout, StatementTimeout):
+            raise
+        except StorageError as exc:
+            raise SystemicFault(f"the database refuses a canary record too ({exc})") from exc
+        finally:
+            # A staging table created inside the rolled-back transaction is gone.
+            self._staging.clear()
+
     def _insert(
         self,
         conn: psycopg.Connection[Any],
@@ -185,6 +223,7 @@ class Storage:
     ) -> BatchResult:
         live = [i for i in items if i.expires_at > now_db]
         expired = [i for i in items if i.expires_at <= now_db]
+        positions = {id(item): n for n, item in enumerate(items)}
         parent = sql.Identifier(parent_of(category))
         staging_name = f"staging_{category}"
         staging = sql.Identifier(staging_name)
@@ -193,7 +232,7 @@ class Storage:
             self._staging.add(category)
         inserted = 0
         if live:
-            self._copy(conn, staging, live)
+            self._copy(conn, staging, live, category, positions)
             with conn.cursor() as cur:
                 result = cur.execute(
                     template("insert_from_staging", staging=staging, parent=parent),
@@ -204,7 +243,7 @@ class Storage:
         if expired:
             # Staged after the live rows were inserted; the held insert takes only
             # rows expired at now_db, so the live rows still staged are ignored.
-            self._copy(conn, staging, expired)
+            self._copy(conn, staging, expired, category, positions)
             covered, held = holds.store_expired(conn, category, staging_name, now_db)
         return BatchResult(
             inserted,
@@ -215,7 +254,11 @@ class Storage:
 
     @staticmethod
     def _copy(
-        conn: psycopg.Connection[Any], staging: sql.Identifier, items: Sequence[Envelope]
+        conn: psycopg.Connection[Any],
+        staging: sql.Identifier,
+        items: Sequence[Envelope],
+        category: str,
+        positions: Mapping[int, int],
     ) -> None:
         with conn.cursor() as cur:
             copy_sql = template("copy_staging", staging=staging)
@@ -223,20 +266,29 @@ class Storage:
                 copy.set_types(_COPY_TYPES)
                 for item in items:
                     rec = item.record
-                    copy.write_row(
-                        (
-                            rec.record_id,
-                            rec.tenant,
-                            rec.occurred_at,
-                            item.expires_at,
-                            rec.subject_keys,
-                            Jsonb(rec.subjects),
-                            Jsonb(rec.payload),
-                            item.topic,
-                            item.partition,
-                            item.offset,
+                    try:
+                        copy.write_row(
+                            (
+                                rec.record_id,
+                                rec.tenant,
+                                rec.occurred_at,
+                                item.expires_at,
+                                rec.subject_keys,
+                                Jsonb(rec.subjects),
+                                Jsonb(rec.payload),
+                                item.topic,
+                                item.partition,
+                                item.offset,
+                            )
                         )
-                    )
+                    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                        # Raised while encoding this one row on the client side (a value
+                        # jsonb or the binary format cannot carry): this record's fault.
+                        raise RecordRefused(
+                            f"record cannot be encoded for PostgreSQL ({exc.__class__.__name__})",
+                            category=category,
+                            index=positions[id(item)],
+                        ) from exc
 
     # -- statistics -------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, Any]]:

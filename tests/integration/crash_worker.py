@@ -25,7 +25,7 @@ class CrashAfterDatabaseCommit(ConsumerWorker):
 
     def commit_pending(self, only: set[TopicPartition] | None = None) -> None:
         """SIGKILL this process instead of committing a batch's offsets."""
-        if only is None and self._pending:
+        if only is None and self.checkpoint.pending:
             os.kill(os.getpid(), signal.SIGKILL)
         super().commit_pending(only)
 

@@ -1,0 +1,82 @@
+"""Offsets: what the database holds, committed to Kafka forward only.
+
+``advance`` is called only after a batch is durable (stored or dead-lettered and
+acknowledged); ``commit`` sends what was advanced and not yet committed. A commit
+that fails because the broker or the coordinator is away keeps the offsets
+pending for the next commit; one refused after a rebalance is dropped, since the
+new owner's redelivery is idempotent. Neither is ever a crash, and no offset
+moves backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from consumers.failures import REBALANCED, Kind, classify
+
+log = logging.getLogger("purger.consumer")
+
+COMMIT_TIMEOUT_MS = 10_000
+
+
+class Checkpoint:
+    """The offsets of one consumer: durable (pending) and committed."""
+
+    def __init__(self) -> None:
+        self.consumer: KafkaConsumer | None = None
+        self.pending: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+
+    def advance(self, last: Mapping[TopicPartition, int]) -> None:
+        """Mark everything up to each partition's ``last`` offset as durable."""
+        for tp, offset in last.items():
+            self.pending[tp] = max(self.pending.get(tp, -1), offset + 1)
+
+    def outstanding(self, partitions: Iterable[TopicPartition]) -> bool:
+        """True when a durable offset of ``partitions`` is not committed yet."""
+        return any(self.pending.get(tp, -1) > self.committed.get(tp, -1) for tp in partitions)
+
+    def commit(self, only: set[TopicPartition] | None = None) -> bool:
+        """Commit the durable offsets not yet committed; False if they stay pending."""
+        consumer = self.consumer
+        if consumer is None:
+            return True
+        offsets = {
+            tp: OffsetAndMetadata(offset, "", -1)
+            for tp, offset in self.pending.items()
+            if (only is None or tp in only) and offset > self.committed.get(tp, -1)
+        }
+        if not offsets:
+            return True
+        try:
+            consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        except REBALANCED:
+            log.warning("offset commit refused after a rebalance; redelivery is idempotent")
+            for tp in offsets:
+                self.pending.pop(tp, None)
+            return False
+        except KafkaError as exc:
+            kind = classify(exc)
+            log.log(
+                logging.WARNING if kind is Kind.OUTAGE else logging.ERROR,
+                "offset commit failed (%s: %s); the offsets stay pending",
+                kind.value,
+                exc.__class__.__name__,
+            )
+            return False
+        for tp, meta in offsets.items():
+            self.committed[tp] = meta.offset
+            if self.pending.get(tp) == meta.offset:
+                del self.pending[tp]
+        return True
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Drop the state of partitions this worker no longer owns."""
+        for tp in partitions:
+            self.pending.pop(tp, None)
+            self.committed.pop(tp, None)
