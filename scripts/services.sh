@@ -4,6 +4,9 @@
 #
 #   scripts/services.sh up       start both (idempotent; fast no-op + readiness re-check when up)
 #   scripts/services.sh down     stop Kafka and the PostgreSQL cluster
+#   scripts/services.sh restart kafka|postgres
+#                                stop one service, start it again and wait until it is ready
+#                                (idempotent: a stopped service is just started; `make soak`)
 #   scripts/services.sh status   print each service's state and address; exit 1 if any is down
 #   scripts/services.sh env      print the shell exports the tests read
 #                                (eval "$(scripts/services.sh env)")
@@ -587,10 +590,34 @@ print_env() {
 
 usage() {
     echo "usage: $0 up|down|status|env" >&2
+    echo "       $0 restart kafka|postgres" >&2
     exit 2
 }
 
+restart() {
+    # One service down and up again, through the same steps as `down` and `up`; returns once
+    # it answers (or fails with the step and its log, like `up`).
+    mkdir -p "$STEP_LOG_DIR"
+    local start=$SECONDS
+    case "$1" in
+    kafka)
+        kafka_down
+        kafka_up
+        ;;
+    postgres | postgresql)
+        pg_down
+        pg_up
+        ;;
+    *) usage ;;
+    esac
+    log "$1 restarted in $((SECONDS - start)) s"
+}
+
 main() {
+    if [[ $# -eq 2 && "$1" == restart ]]; then
+        restart "$2"
+        return
+    fi
     [[ $# -eq 1 ]] || usage
     case "$1" in
     up)

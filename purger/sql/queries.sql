@@ -33,6 +33,14 @@ ON CONFLICT (partition_name) DO NOTHING;
 SELECT partition_name, range_start, range_end
 FROM purger.partitions WHERE category = %(category)s AND state = 'attached';
 
+-- name: partition_ranges
+-- Read under lock_partition_ddl before creating a partition: every registered
+-- range of the category, in any state (a detached table may still exist), which
+-- a new partition must not overlap.
+SELECT range_start, range_end
+FROM purger.partitions WHERE category = %(category)s
+ORDER BY range_start;
+
 -- name: ingest_lock_shared
 -- Held by every ingest transaction; a purge pass takes it exclusively for an
 -- instant to fix T, so no batch that read its clock before T commits after.
@@ -64,13 +72,24 @@ WITH inserted AS (
     ORDER BY expires_at, record_id, source_offset
     ON CONFLICT DO NOTHING
     RETURNING expires_at
-), per_partition AS (
-    SELECT date_bin(%(granularity)s::interval, expires_at, '1970-01-01 00:00:00+00') AS start,
-           count(*) AS n
+), per_hour AS (
+    -- Partition bounds are whole UTC hours whatever the granularity (old and new
+    -- ranges mix after a granularity change), so each hour lies in one partition.
+    SELECT date_bin('1 hour', expires_at, '1970-01-01 00:00:00+00') AS hour, count(*) AS n
     FROM inserted GROUP BY 1
+), per_partition AS (
+    SELECT p.partition_name, sum(h.n) AS n
+    FROM per_hour h
+    CROSS JOIN LATERAL (
+        SELECT r.partition_name, r.range_end FROM purger.partitions r
+        WHERE r.category = %(category)s AND r.range_start <= h.hour
+        ORDER BY r.range_start DESC LIMIT 1
+    ) p
+    WHERE p.range_end > h.hour
+    GROUP BY 1
 ), counted AS (
     UPDATE purger.partitions p SET row_count = p.row_count + c.n
-    FROM per_partition c WHERE p.category = %(category)s AND p.range_start = c.start
+    FROM per_partition c WHERE p.partition_name = c.partition_name
     RETURNING c.n
 )
 SELECT coalesce(sum(n), 0)::bigint FROM counted;
