@@ -31,6 +31,7 @@ from purger.errors import InvalidMessage, RecordRefused, StorageError
 from purger.metrics import Metrics
 from purger.policy import Category, RetentionPolicy
 from purger.records import (
+    REASON_DECODE_FAILED,
     REASON_EXPIRED_ON_ARRIVAL,
     REASON_INVALID_TIMESTAMP,
     REASON_STORAGE_REJECTED,
@@ -42,7 +43,6 @@ from purger.storage import BatchResult, Envelope, Storage
 log = logging.getLogger("purger.consumer")
 
 Polled = dict[TopicPartition, list[Any]]
-REASON_DECODE_FAILED = "decode_failed"  # TODO move to purger.records
 
 
 @dataclass(frozen=True, slots=True)

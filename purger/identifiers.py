@@ -15,16 +15,33 @@ from functools import lru_cache
 import phonenumbers
 
 KNOWN_TYPES = ("msisdn", "imsi", "imei", "ip", "email", "cookie_id")
-_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_DIGITS = re.compile(r"^\d+$")
+# fullmatch and [0-9], never $ and \d: "$" also matches before a trailing newline,
+# and \d matches every Unicode digit (Arabic-Indic, Devanagari, ...).
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _SEPARATORS = re.compile(r"[\s\-.()/]")
-_MAX_LENGTH = 256
+# UTF-8 bytes of an identifier, as written and as normalised: a subject key
+# "kind:value" (at most 32 + 1 + 256 bytes) is a GIN index entry, which PostgreSQL
+# limits to about 2,700 bytes.
+MAX_IDENTIFIER_BYTES = 256
+# A code point takes at most 4 bytes in UTF-8: this many characters always fit.
+_SURELY_SHORT = MAX_IDENTIFIER_BYTES // 4
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
 
 
 class IdentifierError(ValueError):
     """An identifier could not be normalised; the message names the type, never the value."""
+
+
+class IdentifierTooLong(IdentifierError):
+    """An identifier is longer than MAX_IDENTIFIER_BYTES in UTF-8."""
+
+
+def utf8_length(text: str) -> int:
+    """The length of ``text`` in UTF-8 bytes (a lone surrogate counts 3, never raises)."""
+    # isascii() reads a flag of the string object: no encoding for the common case.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 @lru_cache(maxsize=65536)
@@ -68,7 +85,7 @@ def normalise_ip(raw: str) -> str:
 def _digits(kind: str, low: int, high: int) -> Callable[[str], str]:
     def normalise(raw: str) -> str:
         text = _SEPARATORS.sub("", raw)
-        if not _DIGITS.match(text) or not low <= len(text) <= high:
+        if not _DIGITS.fullmatch(text) or not low <= len(text) <= high:
             raise IdentifierError(f"{kind} must be {low} to {high} digits")
         return text
 
@@ -98,16 +115,29 @@ def normalise(kind: str, raw: str, default_country_code: int = 31) -> str:
         raise IdentifierError(f"{kind} must be a string")
     if not raw.strip():
         raise IdentifierError(f"{kind} is empty")
-    if len(raw) > _MAX_LENGTH:
-        raise IdentifierError(f"{kind} is longer than {_MAX_LENGTH} characters")
+    if "\x00" in raw:
+        raise IdentifierError(f"{kind} contains a NUL character")
+    if not raw.isascii():
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise IdentifierError(f"{kind} is not valid Unicode (a lone surrogate)") from None
+    # Before normalising, so that a huge value costs nothing; after, because
+    # lower-casing can lengthen a string ("İ" becomes two code points).
+    if len(raw) > _SURELY_SHORT and utf8_length(raw) > MAX_IDENTIFIER_BYTES:
+        raise IdentifierTooLong(f"{kind} is longer than {MAX_IDENTIFIER_BYTES} bytes in UTF-8")
     if kind == "msisdn":
-        return normalise_msisdn(raw, default_country_code)
-    return _NORMALISERS.get(kind, normalise_opaque)(raw)
+        value = normalise_msisdn(raw, default_country_code)
+    else:
+        value = _NORMALISERS.get(kind, normalise_opaque)(raw)
+    if len(value) > _SURELY_SHORT and utf8_length(value) > MAX_IDENTIFIER_BYTES:
+        raise IdentifierTooLong(f"{kind} is longer than {MAX_IDENTIFIER_BYTES} bytes in UTF-8")
+    return value
 
 
 def valid_type(kind: str) -> bool:
     """True when ``kind`` can be used as an identifier type name."""
-    return bool(_TYPE_NAME.match(kind))
+    return _TYPE_NAME.fullmatch(kind) is not None
 
 
 def subject_key(kind: str, value: str) -> str:

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from purger.identifiers import IdentifierError, normalise, subject_key
+from purger.identifiers import (
+    MAX_IDENTIFIER_BYTES,
+    IdentifierError,
+    IdentifierTooLong,
+    normalise,
+    subject_key,
+    utf8_length,
+    valid_type,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +81,60 @@ def test_the_ipv4_fast_path_agrees_with_the_ipaddress_module(octets: list[int], 
     except IdentifierError:
         got = None
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        # \d matches these; an IMSI or IMEI is ASCII digits.
+        ("imsi", "\u0662\u0660\u0664\u0660\u0668\u0661\u0662\u0663\u0664\u0665"),
+        ("imei", "\u0969\u096b\u096c\u096f\u0969\u096e\u0966\u0969\u096b\u096c\u096a\u0969\u096e"),
+        ("imsi", "2040812345\x00"),
+        ("cookie_id", "ck\x00"),
+        ("cookie_id", "ck\ud800"),
+        ("email", "a@b\udfff.nl"),
+    ],
+)
+def test_non_ascii_digits_nul_and_lone_surrogates_are_refused(kind: str, raw: str) -> None:
+    with pytest.raises(IdentifierError) as caught:
+        normalise(kind, raw)
+    assert raw not in str(caught.value)
+
+
+def test_a_type_name_is_matched_whole() -> None:
+    assert valid_type("msisdn")
+    assert valid_type("x" * 32)
+    for name in ("msisdn\n", "x" * 33, "MSISDN", "1abc", "", "m\u0131sisdn"):
+        assert not valid_type(name), name
+
+
+@pytest.mark.parametrize(
+    ("raw", "fits"),
+    [
+        ("c" * MAX_IDENTIFIER_BYTES, True),
+        ("c" * (MAX_IDENTIFIER_BYTES + 1), False),
+        ("\U0001f600" * (MAX_IDENTIFIER_BYTES // 4), True),  # 64 characters, 256 bytes
+        ("\U0001f600" * (MAX_IDENTIFIER_BYTES // 4) + "c", False),
+        ("\u20ac" * 86, False),  # 86 characters, 258 bytes
+        # Surrounding spaces count as written: the bound protects the normaliser too.
+        (" " * 200 + "c" * 100, False),
+    ],
+)
+def test_identifiers_are_bounded_in_utf8_bytes(raw: str, fits: bool) -> None:
+    if fits:
+        assert utf8_length(normalise("cookie_id", raw)) <= MAX_IDENTIFIER_BYTES
+    else:
+        with pytest.raises(IdentifierTooLong):
+            normalise("cookie_id", raw)
+
+
+def test_the_bound_holds_after_lower_casing_too() -> None:
+    raw = "\u0130" * 120 + "@example.nl"  # 251 bytes; each I-dot lower-cases to 3 bytes
+    assert utf8_length(raw) <= MAX_IDENTIFIER_BYTES
+    with pytest.raises(IdentifierTooLong):
+        normalise("email", raw)
+
+
+@given(st.text(max_size=80))
+def test_utf8_length_is_the_encoded_length(text: str) -> None:
+    assert utf8_length(text) == len(text.encode("utf-8", "surrogatepass"))
