@@ -23,6 +23,7 @@ from purger.exits import (
     EXIT_FAILURE,
     EXIT_NOTHING_TO_DO,
     EXIT_OK,
+    EXIT_TIMED_OUT,
     EXIT_USAGE,
     fail,
 )
@@ -34,6 +35,7 @@ from purger.purge import (
     OUTCOME_CONTENDED,
     OUTCOME_FAILURE,
     OUTCOME_NOTHING,
+    OUTCOME_TIMED_OUT,
     Purger,
 )
 from purger.records import parse_timestamp
@@ -180,6 +182,8 @@ def _scheduler(ctx: Context, metrics: Metrics) -> Any:
         ctx.settings.purge_schedule,
         misfire_grace_seconds=ctx.settings.purge_misfire_grace_seconds,
         overdue_refresh_seconds=ctx.settings.overdue_refresh_seconds,
+        leader_max_failures=ctx.settings.purge_leader_max_failures,
+        leader_cooldown_ticks=ctx.settings.purge_leader_cooldown_ticks,
     )
 
 
@@ -239,7 +243,7 @@ def cmd_purge(ctx: Context) -> int:
         print(f"pass {report.pass_id} at {report.instant.isoformat()}: {report.outcome}")
         for name, cat in report.categories.items():
             print(
-                f"  {name:<16} {verb} {cat.rows_purged} records, "
+                f"  {name:<16} {cat.outcome:<13} {verb} {cat.rows_purged} records, "
                 f"{cat.partitions_dropped} partitions"
                 + (f", {cat.contended} contended" if cat.contended else "")
             )
@@ -247,6 +251,7 @@ def cmd_purge(ctx: Context) -> int:
             print(f"  error: {report.error}", file=sys.stderr)
     return {
         OUTCOME_FAILURE: EXIT_FAILURE,
+        OUTCOME_TIMED_OUT: EXIT_TIMED_OUT,
         OUTCOME_CONTENDED: EXIT_CONTENDED,
         OUTCOME_NOTHING: EXIT_NOTHING_TO_DO,
     }.get(report.outcome, EXIT_OK)

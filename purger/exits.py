@@ -10,6 +10,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOTHING_TO_DO = 3
 EXIT_CONTENDED = 4
+EXIT_TIMED_OUT = 5
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -541,8 +541,11 @@ def lock_for_destruction(conn: psycopg.Connection[Any]) -> list[Hold]:
     """In the caller's transaction: lock out hold changes, then read the active holds.
 
     Must come before anything in the transaction destroys or moves a record.
+    Raises LockTimeout while a hold is being placed or released for longer than
+    the session's lock_timeout.
     """
-    conn.execute(query("holds_lock_purge"))
+    with wrap_errors("lock out legal-hold changes"):
+        conn.execute(query("holds_lock_purge"))
     return active_holds(conn)
 
 

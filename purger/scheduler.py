@@ -1,9 +1,19 @@
 """The purge scheduler: APScheduler ticks, one leader among replicas.
 
 Leadership is a session-level advisory lock held on a dedicated connection for
-as long as the replica lives: exactly one replica passes on each tick, and when
-it dies its connection closes and the next replica's tick takes over. A pod that
-was paused runs the missed pass once (coalesce, generous misfire grace).
+as long as the replica lives: only the leader starts passes on its ticks, and
+when it dies its connection closes and the next replica's tick takes over. The
+leader lock only keeps the other replicas from trying; what guarantees that one
+pass runs at a time is the pass lock (``purge.PASS_LOCK``) every pass takes, so
+that a ``purger purge`` run by hand, or a leader that lost its lock's connection
+mid-pass while another replica took over, never overlaps a running pass.
+
+A leader whose passes keep failing (``leader_max_failures`` passes in a row end
+``failure`` or ``timed_out``) steps down: it releases the leader lock and sits
+out ``leader_cooldown_ticks`` ticks, so that a replica that may fare better
+(another node, another network path) takes over; alone, it leads again after
+the cool-down. A pod that was paused runs the missed pass once (coalesce,
+generous misfire grace).
 """
 
 from __future__ import annotations
@@ -23,7 +33,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from purger.db import connect
 from purger.errors import ConfigError, PurgerError
 from purger.metrics import Metrics
-from purger.purge import OUTCOME_NOT_LEADER, PassReport, Purger
+from purger.purge import (
+    OUTCOME_FAILURE,
+    OUTCOME_NOT_LEADER,
+    OUTCOME_NOTHING,
+    OUTCOME_SUCCESS,
+    OUTCOME_TIMED_OUT,
+    PassReport,
+    Purger,
+)
 from purger.queries import query
 
 log = logging.getLogger("purger.scheduler")
@@ -80,6 +98,11 @@ class Leadership:
 
     def release(self) -> None:
         """Give up leadership (closing the connection releases the lock)."""
+        if self.is_leader and self._conn is not None and not self._conn.closed:
+            # Closing alone releases the lock only once the server notices the
+            # session ended; unlocking first lets another replica's next tick take over.
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute(query("unlock"), {"key": LEADER_LOCK})
         self.is_leader = False
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -98,10 +121,16 @@ class PurgeScheduler:
         *,
         misfire_grace_seconds: int,
         overdue_refresh_seconds: int,
+        leader_max_failures: int = 3,
+        leader_cooldown_ticks: int = 2,
     ) -> None:
         self.purger = purger
         self.metrics = metrics
         self.leadership = Leadership(purger.conninfo)
+        self.leader_max_failures = leader_max_failures
+        self.leader_cooldown_ticks = leader_cooldown_ticks
+        self._failures = 0  # passes in a row that ended failure or timed_out
+        self._cooldown = 0  # ticks left before this replica may try to lead again
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={
@@ -138,18 +167,49 @@ class PurgeScheduler:
         """Stop ticking; wait for a running pass to finish."""
         self.scheduler.shutdown(wait=True)
         self.leadership.release()
+        self.metrics.scheduler_leader.set(0)
 
     def tick(self) -> PassReport | None:
         """One scheduled tick: pass if this replica leads, else record that it did not."""
         with self._lock:
-            if not self.leadership.acquire():
+            if self._cooldown > 0:
+                self._cooldown -= 1
+                self.metrics.purge_runs.labels(OUTCOME_NOT_LEADER).inc()
+                log.info(
+                    "stepped down as leader; not trying to lead for %d more ticks", self._cooldown
+                )
+                return None
+            leader = self.leadership.acquire()
+            self.metrics.scheduler_leader.set(1 if leader else 0)
+            if not leader:
                 self.metrics.purge_runs.labels(OUTCOME_NOT_LEADER).inc()
                 log.info("not the leader; another replica runs this pass")
                 return None
             report = self.purger.run_pass()
             self.last_report = report
+            self._after_pass(report)
             self.refresh_overdue()
             return report
+
+    def _after_pass(self, report: PassReport) -> None:
+        if report.outcome in (OUTCOME_FAILURE, OUTCOME_TIMED_OUT):
+            self._failures += 1
+        elif report.outcome in (OUTCOME_SUCCESS, OUTCOME_NOTHING):
+            self._failures = 0
+        # A contended pass says nothing about this replica: the count stays.
+        # leader_max_failures 0 never steps down.
+        if self.leader_max_failures <= 0 or self._failures < self.leader_max_failures:
+            return
+        log.warning(
+            "%d purge passes in a row failed or timed out; stepping down as leader for %d ticks",
+            self._failures,
+            self.leader_cooldown_ticks,
+            extra={"pass_id": report.pass_id, "outcome": report.outcome, "count": self._failures},
+        )
+        self.leadership.release()
+        self.metrics.scheduler_leader.set(0)
+        self._failures = 0
+        self._cooldown = self.leader_cooldown_ticks
 
     def refresh_overdue(self) -> None:
         """Recount overdue records (cheap: an index count per category)."""

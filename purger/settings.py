@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     lock_timeout_ms: int = Field(2000, ge=1, description="lock_timeout of purge sessions")
     statement_timeout_ms: int = Field(300000, ge=1, description="statement_timeout of purges")
     delete_batch_size: int = Field(10000, ge=1, description="rows per DELETE batch")
+    purge_leader_max_failures: int = Field(
+        3,
+        ge=0,
+        description="passes in a row ending failure or timed_out after which the scheduler "
+        "leader steps down (0: never)",
+    )
+    purge_leader_cooldown_ticks: int = Field(
+        2, ge=0, description="ticks a replica that stepped down waits before leading again"
+    )
     overdue_refresh_seconds: int = Field(60, ge=1, description="refresh of the overdue gauge")
     lag_refresh_seconds: int = Field(10, ge=1, description="refresh of the consumer lag gauge")
     db_retry_max_backoff_seconds: float = Field(

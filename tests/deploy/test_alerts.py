@@ -23,6 +23,9 @@ REQUIRED_ALERTS = {
     "PurgerConsumerLagGrowing",
     "PurgerDeadLetterRateHigh",
     "PurgerPurgeContended",
+    "PurgerPurgeCategoryFailing",
+    "PurgerPurgeCategoryTimingOut",
+    "PurgerPurgeCategoryContended",
 }
 # The runbook base URL the expectations of alerts-test.yaml are written for; the rules under test
 # are rendered with it, so the chart's default may change without touching the test file.
@@ -191,6 +194,8 @@ def test_thresholds_follow_the_values(render: Any) -> None:
         "prometheusRule.alerts.consumerLagGrowing.minLag=50000",
         "prometheusRule.alerts.overdueRecords.grace=45m",
         "prometheusRule.alerts.purgeContended.severity=critical",
+        "prometheusRule.alerts.purgeCategoryFailing.minPasses=5",
+        "prometheusRule.alerts.purgeCategoryTimingOut.window=6h",
     )
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     by_name = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
@@ -200,6 +205,9 @@ def test_thresholds_follow_the_values(render: Any) -> None:
     assert "> 50000" in by_name["PurgerConsumerLagGrowing"]["expr"]
     assert "[45m]" in by_name["PurgerOverdueRecords"]["expr"]
     assert by_name["PurgerPurgeContended"]["labels"]["severity"] == "critical"
+    assert ">= 5" in by_name["PurgerPurgeCategoryFailing"]["expr"]
+    assert "[6h]" in by_name["PurgerPurgeCategoryTimingOut"]["expr"]
+    assert "[4h]" in by_name["PurgerPurgeCategoryContended"]["expr"]
 
 
 def test_referenced_metrics_of_the_template_match_the_rendered_rules(

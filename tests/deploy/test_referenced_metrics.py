@@ -23,6 +23,8 @@ CONTRACT_METRICS = {
     "purger_partitions_dropped_total",
     "purger_partitions_contended_total",
     "purger_purge_runs_total",
+    "purger_purge_category_outcomes_total",
+    "purger_scheduler_leader",
     "purger_purge_duration_seconds",
     "purger_last_purge_success_timestamp_seconds",
     "purger_overdue_records",

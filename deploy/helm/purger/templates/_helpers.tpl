@@ -177,6 +177,8 @@ Environment of every purger container: settings from values, credentials from ex
   value: {{ .Values.config.logLevel | quote }}
 - name: PURGER_DEFAULT_COUNTRY_CODE
   value: {{ .Values.config.defaultCountryCode | toString | quote }}
+- name: PURGER_LIVENESS_TIMEOUT_SECONDS
+  value: {{ .Values.config.livenessTimeoutSeconds | default 180 | toString | quote }}
 - name: PURGER_DATABASE_URL
   valueFrom:
     secretKeyRef:
