@@ -26,6 +26,8 @@ REQUIRED_ALERTS = {
     "PurgerPurgeCategoryFailing",
     "PurgerPurgeCategoryTimingOut",
     "PurgerPurgeCategoryContended",
+    "PurgerIngestSystemicFault",
+    "PurgerIngestOutage",
 }
 # The runbook base URL the expectations of alerts-test.yaml are written for; the rules under test
 # are rendered with it, so the chart's default may change without touching the test file.

@@ -19,6 +19,7 @@ CONTRACT_METRICS = {
     "purger_consumer_lag_records",
     "purger_ingest_batch_duration_seconds",
     "purger_database_retries_total",
+    "purger_ingest_faulted",
     "purger_records_purged_total",
     "purger_partitions_dropped_total",
     "purger_partitions_contended_total",
