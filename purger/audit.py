@@ -20,6 +20,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
+from purger.audit_entries import Entry
 from purger.db import wrap_errors
 from purger.queries import query
 
@@ -86,6 +87,11 @@ def append(conn: psycopg.Connection[Any], kind: str, content: dict[str, Any]) ->
         )
         conn.execute(query("audit_set_head"), {"seq": seq, "hash": digest})
     return AuditEntry(seq, kind, recorded_at, content, prev, digest)
+
+
+def record(conn: psycopg.Connection[Any], entry: Entry) -> AuditEntry:
+    """Append ``entry`` (built by ``purger.audit_entries``) to the chain."""
+    return append(conn, entry.kind.value, entry.content)
 
 
 def _rows(conn: psycopg.Connection[Any], since: datetime | None) -> Iterator[AuditEntry]:

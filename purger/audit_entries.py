@@ -1,0 +1,207 @@
+"""Every kind of audit entry and its content, built in one place.
+
+An entry's content is what ``purger audit export`` hands to a regulator and what
+``audit verify`` hashes: its keys are a published format, so they never change
+for an existing kind. Contents name partitions, categories, counts, instants and
+hold ids, never identifiers or record contents.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    """The kinds of audit entries."""
+
+    PURGE_PASS = "purge_pass"
+    PARTITION_DROPPED = "partition_dropped"
+    ROWS_DELETED = "rows_deleted"
+    HELD_ROWS_DELETED = "held_rows_deleted"
+    HOLD_PLACED = "hold_placed"
+    HOLD_RELEASED = "hold_released"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An audit entry to append: its kind and its content."""
+
+    kind: Kind
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """The policy a destruction followed."""
+
+    version: str
+    digest: str
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return instant.isoformat() if instant is not None else None
+
+
+def partition_dropped(
+    *,
+    pass_id: str,
+    category: str,
+    partition: str,
+    rows: int,
+    held: int,
+    hold_ids: Sequence[int],
+    expiry_from: datetime,
+    expiry_to: datetime,
+    policy: PolicyRef,
+) -> Entry:
+    """A wholly expired partition dropped; ``held`` rows moved to held storage first."""
+    return Entry(
+        Kind.PARTITION_DROPPED,
+        {
+            "pass_id": pass_id,
+            "category": category,
+            "partition": partition,
+            "rows": rows,
+            "held": held,
+            "hold_ids": list(hold_ids),
+            "expiry_from": expiry_from.isoformat(),
+            "expiry_to": expiry_to.isoformat(),
+            "policy_version": policy.version,
+            "policy_digest": policy.digest,
+        },
+    )
+
+
+def rows_deleted(
+    *,
+    pass_id: str,
+    category: str,
+    partition: str,
+    rows: int,
+    expiry_from: datetime,
+    expiry_to: datetime,
+    purge_instant: datetime,
+    policy: PolicyRef,
+) -> Entry:
+    """One batch of expired rows deleted from the partition that contains the pass's instant."""
+    return Entry(
+        Kind.ROWS_DELETED,
+        {
+            "pass_id": pass_id,
+            "category": category,
+            "partition": partition,
+            "rows": rows,
+            "expiry_from": expiry_from.isoformat(),
+            "expiry_to": expiry_to.isoformat(),
+            "purge_instant": purge_instant.isoformat(),
+            "policy_version": policy.version,
+            "policy_digest": policy.digest,
+        },
+    )
+
+
+def held_rows_deleted(
+    *,
+    pass_id: str,
+    category: str,
+    rows: int,
+    expiry_from: datetime | None,
+    expiry_to: datetime | None,
+    purge_instant: datetime,
+    policy: PolicyRef,
+) -> Entry:
+    """Held records that no active hold covers any more, destroyed."""
+    return Entry(
+        Kind.HELD_ROWS_DELETED,
+        {
+            "pass_id": pass_id,
+            "category": category,
+            "rows": rows,
+            "expiry_from": _iso(expiry_from),
+            "expiry_to": _iso(expiry_to),
+            "purge_instant": purge_instant.isoformat(),
+            "policy_version": policy.version,
+            "policy_digest": policy.digest,
+        },
+    )
+
+
+def purge_pass(
+    *,
+    pass_id: str,
+    instant: datetime,
+    started_at: datetime,
+    finished_at: datetime | None,
+    outcome: str,
+    error: str | None,
+    policy_version: str,
+    categories: Mapping[str, Mapping[str, Any]],
+) -> Entry:
+    """The summary of one pass: its outcome and each category's."""
+    return Entry(
+        Kind.PURGE_PASS,
+        {
+            "pass_id": pass_id,
+            "instant": instant.isoformat(),
+            "started_at": started_at.isoformat(),
+            "finished_at": _iso(finished_at),
+            "outcome": outcome,
+            "error": error,
+            "policy_version": policy_version,
+            "categories": {name: dict(c) for name, c in categories.items()},
+        },
+    )
+
+
+def hold_placed(
+    *,
+    hold_id: int,
+    case_ref: str,
+    reason: str,
+    placed_by: str,
+    placed_at: datetime | None,
+    scope: Mapping[str, Any],
+    preserved: Mapping[str, int],
+    destroyed_while_placing: Mapping[str, int],
+) -> Entry:
+    """A legal hold placed; ``preserved`` counts the records it holds per category."""
+    return Entry(
+        Kind.HOLD_PLACED,
+        {
+            "hold_id": hold_id,
+            "case_ref": case_ref,
+            "reason": reason,
+            "placed_by": placed_by,
+            "placed_at": _iso(placed_at),
+            "scope": dict(scope),
+            "preserved": dict(preserved),
+            "destroyed_while_placing": dict(destroyed_while_placing),
+        },
+    )
+
+
+def hold_released(
+    *,
+    hold_id: int,
+    case_ref: str,
+    released_by: str,
+    release_reason: str,
+    released_at: datetime | None,
+    scope_digest: str,
+) -> Entry:
+    """A legal hold released; only the digest of its scope is kept."""
+    return Entry(
+        Kind.HOLD_RELEASED,
+        {
+            "hold_id": hold_id,
+            "case_ref": case_ref,
+            "released_by": released_by,
+            "release_reason": release_reason,
+            "released_at": _iso(released_at),
+            "scope_digest": scope_digest,
+        },
+    )
