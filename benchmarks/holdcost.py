@@ -32,7 +32,7 @@ NOT_AVAILABLE = "not run: legal holds not available"
 def available() -> bool:
     """True when the legal holds module can be imported."""
     try:
-        return importlib.util.find_spec("purger.holds") is not None
+        return importlib.util.find_spec("purger.hold_registry") is not None
     except (ImportError, ValueError):
         return False
 

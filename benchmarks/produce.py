@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from kafka import KafkaProducer
 
-from consumers import samples
+from examples import samples
 
 # Records occurred within the last 30 days: none expires on arrival, every
 # category's expiry spreads over about 30 daily partitions.

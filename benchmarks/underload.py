@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks.config import BenchConfig
 from benchmarks.passes import checkpoint, timed_pass
 from benchmarks.workspace import Workspace
-from consumers import samples
+from examples import samples
 from purger.policy import RetentionPolicy
 from purger.records import decode
 from purger.storage import Envelope, Storage

@@ -10,6 +10,7 @@ write are raised as an outage (``KafkaOutage``: retried by the caller) or a faul
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,6 +19,9 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLarg
 
 from consumers.failures import KafkaFault, KafkaOutage, Kind, classify
 from purger.metrics import Metrics
+from purger.policy import Category
+
+log = logging.getLogger("purger.consumer")
 
 ACK_TIMEOUT_SECONDS = 30
 # What the producer may send in one request (its max_request_size, set to this in
@@ -83,6 +87,32 @@ def fit(letter: DeadLetter, limit: int = MAX_LETTER_BYTES) -> DeadLetter:
         cut = replace(cut, key=key)
         room = limit - letter_size(cut)
     return replace(cut, value=value[: max(0, room)])
+
+
+def letter_for(category: Category, msg: Any, reason: str, detail: str) -> DeadLetter:
+    """The dead letter of a consumed message (logged by its coordinates, never its data)."""
+    log.warning(
+        "message dead-lettered: %s",
+        detail,
+        extra={
+            "category": category.name,
+            "topic": msg.topic,
+            "partition": msg.partition,
+            "offset": msg.offset,
+            "reason": reason,
+        },
+    )
+    return DeadLetter(
+        dlq_topic=category.dead_letter_topic,
+        category=category.name,
+        source_topic=msg.topic,
+        source_partition=msg.partition,
+        source_offset=msg.offset,
+        reason=reason,
+        detail=detail,
+        key=msg.key,
+        value=msg.value,
+    )
 
 
 class DeadLetterWriter:

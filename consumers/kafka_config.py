@@ -8,6 +8,7 @@ from purger.settings import Settings
 
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 PARTITION_FETCH_MAX_BYTES = 1024 * 1024
+SESSION_TIMEOUT_MS = 10_000
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -47,6 +48,10 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         # partitions, and the next is sent only for partitions whose data was consumed.
         "fetch_max_bytes": FETCH_MAX_BYTES,
         "max_partition_fetch_bytes": PARTITION_FETCH_MAX_BYTES,
+        # A killed worker's partitions move to the others after this long, not after
+        # the 45 s default during which they all stand still.
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": SESSION_TIMEOUT_MS // 3,
     }
 
 

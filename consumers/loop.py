@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,36 +23,20 @@ from kafka.errors import KafkaError
 
 from consumers.checkpoint import Checkpoint
 from consumers.deadletter import DeadLetter, DeadLetterWriter
+from consumers.decoding import BatchDecoder, Polled
 from consumers.failures import Retrier, Stopping
 from consumers.kafka_config import consumer_options, producer_options
+from consumers.sink import DatabaseSink
 from consumers.summary import IngestSummary
-from purger.errors import InvalidMessage, RecordRefused, StorageError
 from purger.metrics import Metrics
 from purger.policy import Category, RetentionPolicy
 from purger.records import (
-    REASON_DECODE_FAILED,
     REASON_EXPIRED_ON_ARRIVAL,
-    REASON_INVALID_TIMESTAMP,
-    REASON_STORAGE_REJECTED,
-    decode,
 )
 from purger.settings import Settings
-from purger.storage import BatchResult, Envelope, Storage
+from purger.storage import BatchResult, Storage
 
 log = logging.getLogger("purger.consumer")
-
-Polled = dict[TopicPartition, list[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A polled batch after decoding: records by category, letters, last offsets."""
-
-    records: dict[str, list[Envelope]]
-    letters: list[DeadLetter]
-    last: dict[TopicPartition, int]
-    # (topic, partition, offset) -> message, for the dead letter of a refused record.
-    messages: dict[tuple[str, int, int], Any]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -100,6 +83,11 @@ class ConsumerWorker:
         self.summary = IngestSummary()
         self.ever_assigned: set[TopicPartition] = set()
         self.checkpoint = Checkpoint()
+        self.decoder = BatchDecoder(
+            self.by_topic,
+            future_tolerance=settings.future_tolerance_delta,
+            default_country_code=settings.default_country_code,
+        )
         self.retrier = Retrier(
             metrics,
             stop,
@@ -176,13 +164,15 @@ class ConsumerWorker:
     def process(self, polled: Polled, storage: Storage, dlq: DeadLetterWriter) -> None:
         """Handle one polled batch; offsets are committed only after it is durable."""
         started = datetime.now(UTC)
-        decoded = self.decode(polled, started)
+        self.summary.messages += sum(len(batch) for batch in polled.values())
+        decoded = self.decoder.decode(polled, started)
+        sink = DatabaseSink(storage, self.policy)
         # Dead letters first: the offset never moves past a message that is neither
         # stored nor acknowledged by the dead-letter topic.
         pending = list(decoded.letters)
         self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
         results, refused = self.retrier.run(
-            lambda: self.store(storage, decoded.records, decoded.messages), "store batch"
+            lambda: sink.store(decoded.records, decoded.messages), "store batch"
         )
         pending = list(refused)
         self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
@@ -191,151 +181,6 @@ class ConsumerWorker:
         self._count(results, [*decoded.letters, *refused])
         self.metrics.ingest_batch_duration.observe((datetime.now(UTC) - started).total_seconds())
         self.beat()
-
-    def decode(self, polled: Polled, now: datetime) -> Decoded:
-        """Decode every message: records by category, dead letters for the rest."""
-        records: dict[str, list[Envelope]] = defaultdict(list)
-        letters: list[DeadLetter] = []
-        last: dict[TopicPartition, int] = {}
-        messages: dict[tuple[str, int, int], Any] = {}
-        for tp, batch in polled.items():
-            category = self.by_topic[tp.topic]
-            for msg in batch:
-                self.summary.messages += 1
-                last[tp] = max(last.get(tp, -1), msg.offset)
-                try:
-                    envelope = self._envelope(category, msg, now)
-                except InvalidMessage as exc:
-                    letters.append(self._letter(category, msg, exc.reason, exc.detail))
-                    continue
-                records[category.name].append(envelope)
-                messages[(msg.topic, msg.partition, msg.offset)] = msg
-        return Decoded(dict(records), letters, last, messages)
-
-    def _envelope(self, category: Category, msg: Any, now: datetime) -> Envelope:
-        try:
-            record = decode(
-                msg.value,
-                now=now,
-                future_tolerance=self.settings.future_tolerance_delta,
-                default_country_code=self.settings.default_country_code,
-            )
-            expires_at = category.expires_at(record.tenant, record.occurred_at)
-        except InvalidMessage:
-            raise
-        except (OverflowError, ValueError):
-            raise InvalidMessage(
-                REASON_INVALID_TIMESTAMP, "occurred_at + retention is out of range"
-            ) from None
-        except Exception as exc:
-            # decode is pure: an error it raises for this message is reproducible on
-            # it alone, so the message is the poison, whatever the error.
-            log.error(
-                "unexpected error decoding a message (%s)",
-                exc.__class__.__name__,
-                extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
-            )
-            raise InvalidMessage(
-                REASON_DECODE_FAILED, f"decoding raised {exc.__class__.__name__}"
-            ) from None
-        return Envelope(record, expires_at, msg.topic, msg.partition, msg.offset)
-
-    def store(
-        self,
-        storage: Storage,
-        records: dict[str, list[Envelope]],
-        messages: dict[tuple[str, int, int], Any],
-    ) -> tuple[dict[str, BatchResult], list[DeadLetter]]:
-        """Store a batch; isolate and dead-letter the records the database refuses.
-
-        Outages and systemic faults propagate (the caller retries the whole batch:
-        writes are idempotent). Only a record that fails alone, while a canary with
-        its expiry is accepted, is poison.
-        """
-        try:
-            return storage.store(records), []
-        except StorageError as exc:
-            if not _isolatable(exc):
-                raise
-        log.warning("batch refused by the database; isolating the refused records")
-        results: dict[str, BatchResult] = {}
-        refused: list[DeadLetter] = []
-        for name, items in records.items():
-            total = BatchResult(0, 0, 0)
-            for result in self._isolate(storage, name, items, refused, messages):
-                total = _add(total, result)
-            results[name] = total
-        return results, refused
-
-    def _isolate(
-        self,
-        storage: Storage,
-        name: str,
-        items: Sequence[Envelope],
-        refused: list[DeadLetter],
-        messages: dict[tuple[str, int, int], Any],
-    ) -> list[BatchResult]:
-        # Bisection: a batch of 5,000 with one refused record costs about 26
-        # transactions, not 5,000.
-        if not items:
-            return []
-        try:
-            return [storage.store_batch(name, items)]
-        except StorageError as exc:
-            if not _isolatable(exc):
-                raise
-            failure = exc
-        if isinstance(failure, RecordRefused) and failure.index is not None:
-            if len(items) > 1:
-                # The client named the row: split around it.
-                i = failure.index
-                out = self._isolate(storage, name, items[:i], refused, messages)
-                out += self._isolate(storage, name, items[i : i + 1], refused, messages)
-                out += self._isolate(storage, name, items[i + 1 :], refused, messages)
-                return out
-        elif len(items) > 1:
-            half = len(items) // 2
-            return self._isolate(storage, name, items[:half], refused, messages) + self._isolate(
-                storage, name, items[half:], refused, messages
-            )
-        else:
-            # Raises (SystemicFault) when the database refuses a blank record too.
-            storage.probe(name, items[0])
-        item = items[0]
-        msg = messages[(item.topic or "", item.partition or 0, item.offset or 0)]
-        refused.append(
-            self._letter(
-                self.policy.category(name),
-                msg,
-                REASON_STORAGE_REJECTED,
-                f"the database refused the record ({failure})",
-            )
-        )
-        return []
-
-    def _letter(self, category: Category, msg: Any, reason: str, detail: str) -> DeadLetter:
-        log.warning(
-            "message dead-lettered: %s",
-            detail,
-            extra={
-                "category": category.name,
-                "topic": msg.topic,
-                "partition": msg.partition,
-                "offset": msg.offset,
-                "reason": reason,
-            },
-        )
-        return DeadLetter(
-            dlq_topic=category.dead_letter_topic,
-            category=category.name,
-            source_topic=msg.topic,
-            source_partition=msg.partition,
-            source_offset=msg.offset,
-            reason=reason,
-            detail=detail,
-            key=msg.key,
-            value=msg.value,
-        )
 
     def _count(self, results: dict[str, BatchResult], letters: list[DeadLetter]) -> None:
         m = self.metrics
@@ -399,21 +244,6 @@ class ConsumerWorker:
             return
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)
-
-
-def _isolatable(exc: StorageError) -> bool:
-    # A refused record, or a state no rule names: either may be one record's fault.
-    # Outages, timeouts and systemic faults never are.
-    return isinstance(exc, RecordRefused) or type(exc) is StorageError
-
-
-def _add(a: BatchResult, b: BatchResult) -> BatchResult:
-    return BatchResult(
-        a.inserted + b.inserted,
-        a.duplicates + b.duplicates,
-        a.expired_on_arrival + b.expired_on_arrival,
-        a.held + b.held,
-    )
 
 
 __all__ = ["ConsumerWorker", "IngestSummary", "Stopping"]

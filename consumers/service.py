@@ -22,6 +22,7 @@ from consumers.kafka_config import client_options
 from consumers.summary import IngestSummary
 from consumers.workers import run_inline, run_processes
 from purger.errors import PurgerError
+from purger.ingest import IngestPlugin
 from purger.liveness import Liveness
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
@@ -134,8 +135,47 @@ class MultiprocessMetrics:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+class KafkaIngest:
+    """The ``purger.ingest`` plugin (``purger.ingest.IngestPlugin``) of this package."""
+
+    def consume(
+        self,
+        settings: Settings,
+        policy: RetentionPolicy,
+        metrics: Metrics,
+        stop: threading.Event,
+        *,
+        workers: int = 1,
+        until_idle: bool = False,
+        liveness: Liveness | None = None,
+    ) -> dict[str, Any]:
+        """See ``consume``."""
+        return consume(
+            settings,
+            policy,
+            metrics,
+            stop,
+            workers=workers,
+            until_idle=until_idle,
+            liveness=liveness,
+        )
+
+    def kafka_check(self, settings: Settings) -> Callable[[], None]:
+        """See ``kafka_check``."""
+        return kafka_check(settings)
+
+    def metrics_directory(self) -> MultiprocessMetrics:
+        """A directory for the metrics of worker processes."""
+        return MultiprocessMetrics()
+
+
+# The object the entry point names; the annotation makes mypy check the protocol.
+PLUGIN: IngestPlugin = KafkaIngest()
+
 __all__ = [
+    "PLUGIN",
     "IngestSummary",
+    "KafkaIngest",
     "KafkaUnavailable",
     "MultiprocessMetrics",
     "consume",

@@ -83,8 +83,3 @@ def add_months(instant: datetime, months: int) -> datetime:
     month = month0 + 1
     day = min(instant.day, calendar.monthrange(year, month)[1])
     return instant.replace(year=year, month=month, day=day)
-
-
-def utc(instant: datetime) -> datetime:
-    """Normalise an aware datetime to UTC."""
-    return instant.astimezone(UTC)

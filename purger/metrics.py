@@ -10,12 +10,10 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from purger.purge_report import CATEGORY_OUTCOMES, PURGE_OUTCOMES
 from purger.records import DEAD_LETTER_REASONS, REJECT_REASONS
 
 INGEST_FAULT_KINDS = ("outage", "systemic")
-PURGE_OUTCOMES = ("success", "nothing_to_do", "contended", "timed_out", "failure", "not_leader")
-# What one pass did for one category (purger/purge.py): the pass outcomes a category can have.
-CATEGORY_OUTCOMES = ("success", "nothing_to_do", "contended", "timed_out", "failure")
 
 
 class Metrics:

@@ -98,13 +98,6 @@ class Category:
         """``occurred_at + retention`` in UTC, per the project's expiry rule."""
         return self.retention_for(tenant).add_to(occurred_at)
 
-    def longest_retention(self) -> Duration:
-        """The longest retention any tenant of this category has (for planning partitions)."""
-        return max(
-            [self.policy.retention, *self.policy.tenant_overrides.values()],
-            key=lambda d: d.approx_timedelta(),
-        )
-
 
 @dataclass(frozen=True)
 class RetentionPolicy:
@@ -138,17 +131,6 @@ def load_policy(path: Path, dead_letter_suffix: str = ".dlq") -> RetentionPolicy
     except ValidationError as exc:
         raise PolicyError(_describe(path, exc, lines)) from None
     return _build(path, parsed, dead_letter_suffix, lines)
-
-
-def policy_from_mapping(
-    data: dict[str, Any], source: str = "<policy>", dead_letter_suffix: str = ".dlq"
-) -> RetentionPolicy:
-    """Validate a policy given as a mapping (tests, generated policies)."""
-    try:
-        parsed = _PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(_describe(Path(source), exc, {})) from None
-    return _build(Path(source), parsed, dead_letter_suffix, {})
 
 
 def _build(

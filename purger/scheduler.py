@@ -26,49 +26,26 @@ from typing import Any
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from purger.db import connect
-from purger.errors import ConfigError, PurgerError
+from purger.errors import PurgerError
 from purger.metrics import Metrics
-from purger.purge import (
+from purger.purge import Purger
+from purger.purge_report import (
+    COMPLETED,
     OUTCOME_FAILURE,
     OUTCOME_NOT_LEADER,
-    OUTCOME_NOTHING,
-    OUTCOME_SUCCESS,
     OUTCOME_TIMED_OUT,
     PassReport,
-    Purger,
 )
 from purger.queries import query
+from purger.schedules import trigger_for
+from purger.stats import Stats
 
 log = logging.getLogger("purger.scheduler")
 
 LEADER_LOCK = "purger.scheduler-leader"
-
-
-def trigger_for(schedule: str) -> BaseTrigger:
-    """A 5-field cron (minute precision) or 6-field cron (seconds first), in UTC."""
-    fields = schedule.split()
-    try:
-        if len(fields) == 5:
-            return CronTrigger.from_crontab(schedule, timezone=UTC)
-        if len(fields) == 6:
-            second, minute, hour, day, month, dow = fields
-            return CronTrigger(
-                second=second,
-                minute=minute,
-                hour=hour,
-                day=day,
-                month=month,
-                day_of_week=dow,
-                timezone=UTC,
-            )
-    except ValueError as exc:
-        raise ConfigError(f"purge_schedule: not a cron expression ({exc})") from None
-    raise ConfigError("purge_schedule: give 5 cron fields (or 6, seconds first)")
 
 
 class Leadership:
@@ -126,6 +103,7 @@ class PurgeScheduler:
     ) -> None:
         self.purger = purger
         self.metrics = metrics
+        self.stats = Stats(purger.conninfo, purger.policy, metrics)
         self.leadership = Leadership(purger.conninfo)
         self.leader_max_failures = leader_max_failures
         self.leader_cooldown_ticks = leader_cooldown_ticks
@@ -157,7 +135,7 @@ class PurgeScheduler:
     def start(self) -> None:
         """Start ticking in a background thread; export the last success from the trail."""
         try:
-            last = self.purger.last_success()
+            last = self.stats.last_success()
         except PurgerError:
             last = None
         self.metrics.last_purge_success.set(last.timestamp() if last else 0)
@@ -194,7 +172,7 @@ class PurgeScheduler:
     def _after_pass(self, report: PassReport) -> None:
         if report.outcome in (OUTCOME_FAILURE, OUTCOME_TIMED_OUT):
             self._failures += 1
-        elif report.outcome in (OUTCOME_SUCCESS, OUTCOME_NOTHING):
+        elif report.outcome in COMPLETED:
             self._failures = 0
         # A contended pass says nothing about this replica: the count stays.
         # leader_max_failures 0 never steps down.
@@ -214,6 +192,6 @@ class PurgeScheduler:
     def refresh_overdue(self) -> None:
         """Recount overdue records (cheap: an index count per category)."""
         try:
-            self.purger.overdue()
+            self.stats.overdue()
         except PurgerError as exc:
             log.warning("overdue count failed: %s", exc)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from purger.durations import parse_duration
 from purger.errors import ConfigError, DurationError
+from purger.schedules import trigger_for
 from purger.yamlfile import line_of, load_yaml
 
 ENV_PREFIX = "PURGER_"
@@ -133,8 +134,6 @@ class Settings(BaseSettings):
     @classmethod
     def _cron(cls, value: str) -> str:
         # The scheduler's own parser: 5 fields, or 6 with seconds first.
-        from purger.scheduler import trigger_for  # noqa: PLC0415 - heavy, and only here
-
         try:
             trigger_for(value)
         except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""The storage API the consumers use: migrate, store a batch, read statistics."""
+"""The storage API the consumers use: migrate, store a batch (reads are in purger/stats.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from purger import holds, migrations
+from purger import held_storage, migrations
 from purger.db import connect, wrap_errors
 from purger.errors import (
     DatabaseUnavailable,
@@ -236,7 +236,7 @@ class Storage:
             with conn.cursor() as cur:
                 result = cur.execute(
                     template("insert_from_staging", staging=staging, parent=parent),
-                    {"category": category, "granularity": self.partitions.granularity},
+                    {"category": category},
                 ).fetchone()
             inserted = int(result[0]) if result else 0
         covered = held = 0
@@ -244,7 +244,9 @@ class Storage:
             # Staged after the live rows were inserted; the held insert takes only
             # rows expired at now_db, so the live rows still staged are ignored.
             self._copy(conn, staging, expired, category, positions)
-            covered, held = holds.store_expired(conn, category, staging_name, now_db)
+            covered, held = held_storage.store_expired(
+                conn, category, staging_name, now_db, min(i.expires_at for i in expired)
+            )
         return BatchResult(
             inserted,
             len(live) - inserted + covered - held,
@@ -289,22 +291,3 @@ class Storage:
                             category=category,
                             index=positions[id(item)],
                         ) from exc
-
-    # -- statistics -------------------------------------------------------------
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """Per category: records stored, partitions, oldest and newest expiry."""
-        out: dict[str, dict[str, Any]] = {}
-        with wrap_errors("stats"), self.conn.transaction():
-            for name in self.policy.categories:
-                row = self.conn.execute(query("category_stats"), {"category": name}).fetchone()
-                rng = self.conn.execute(
-                    template("expiry_range", parent=sql.Identifier(parent_of(name)))
-                ).fetchone()
-                out[name] = {
-                    "records": int(row[1]) if row else 0,
-                    "held": holds.held_count(self.conn, name),
-                    "partitions": int(row[0]) if row else 0,
-                    "oldest_expiry": rng[0].isoformat() if rng and rng[0] else None,
-                    "newest_expiry": rng[1].isoformat() if rng and rng[1] else None,
-                }
-        return out

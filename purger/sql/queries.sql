@@ -178,9 +178,6 @@ SELECT count(*) FROM purger.{partition} WHERE expires_at <= %(t)s;
 UPDATE purger.partitions SET row_count = greatest(row_count - %(n)s, 0)
 WHERE partition_name = %(name)s;
 
--- name: count_overdue
-SELECT count(*) FROM purger.{parent} WHERE expires_at <= %(t)s;
-
 -- name: try_lock
 SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0));
 
@@ -191,7 +188,8 @@ SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0));
 SELECT clock_timestamp();
 
 -- ---------------------------------------------------------------------------
--- Legal holds (purger/holds.py). Coverage is always purger.hold_covers (0003);
+-- Legal holds (purger/hold_registry.py, held_storage.py, stored_records.py,
+-- subject_export.py). Coverage is always purger.hold_covers (0003);
 -- {prefilter} is an index-backed superset of the covered rows (subject keys
 -- through the GIN index, tenants through the (tenant, occurred_at) index) so
 -- that the cost follows the held records, not the size of the partition.
@@ -331,8 +329,12 @@ WITH covered AS (
         record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
         source_topic, source_partition, source_offset
     FROM covered c
+    -- The constant bounds let the planner prune partitions: without them it locks
+    -- every partition of the parent and its indexes until the ingest transaction
+    -- ends, which overflows the lock table once there are hundreds of partitions.
     WHERE NOT EXISTS (SELECT 1 FROM purger.{parent} p
-                      WHERE p.expires_at = c.expires_at AND p.record_id = c.record_id)
+                      WHERE p.expires_at = c.expires_at AND p.record_id = c.record_id
+                        AND p.expires_at >= %(oldest)s AND p.expires_at <= %(now)s)
     ORDER BY expires_at, record_id, source_offset
     ON CONFLICT DO NOTHING
     RETURNING 1
@@ -368,6 +370,8 @@ WHERE r.subject_keys && %(keys)s::text[]
 ORDER BY r.expires_at, r.record_id;
 
 -- name: last_successful_pass
+-- The kind and the outcomes that count as completed come from purger/audit_entries.py
+-- and purger/purge_report.py, where they are named once.
 SELECT recorded_at FROM purger.audit_log
- WHERE kind = 'purge_pass' AND content->>'outcome' IN ('success', 'nothing_to_do')
+ WHERE kind = %(kind)s AND content->>'outcome' = ANY(%(outcomes)s::text[])
  ORDER BY seq DESC LIMIT 1;

@@ -79,6 +79,8 @@ def test_the_wheel_carries_the_sql_the_markers_and_the_entry_points(tmp_path: Pa
     assert sql_files, "no SQL in the repository?"
     assert sql_files <= names, f"missing from the wheel: {sorted(sql_files - names)}"
     assert {"purger/py.typed", "consumers/py.typed", "consumers/service.py"} <= names
-    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/", "examples/", "soak/")) for n in names)
+    # The demo and its sample generator are examples, not part of the shipped packages.
+    assert not any(n.rsplit("/", 1)[-1] in ("demo.py", "samples.py") for n in names)
     assert "purger = purger.cli:main" in entry_points
     assert "kafka = consumers.service" in entry_points

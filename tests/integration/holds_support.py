@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from purger import holds
+from purger import hold_registry, hold_scope
 from purger.metrics import Metrics
 from purger.partitions import PartitionManager, held_table, parent_table, range_containing
 from purger.policy import RetentionPolicy
@@ -118,23 +118,25 @@ def make_purger(url: str, policy: RetentionPolicy, **options: Any) -> Purger:
     return Purger(url, policy, metrics, **options)
 
 
-def place(url: str, policy: RetentionPolicy, case: str = "CASE-1", **scope: Any) -> holds.Placement:
+def place(
+    url: str, policy: RetentionPolicy, case: str = "CASE-1", **scope: Any
+) -> hold_registry.Placement:
     """Place a hold with ``build_scope(**scope)``."""
     with psycopg.connect(url, autocommit=True) as conn:
-        return holds.place(
+        return hold_registry.place(
             conn,
             policy,
-            holds.build_scope(policy, **scope),
+            hold_scope.build_scope(policy, **scope),
             case_ref=case,
             reason="court order",
             placed_by="tester",
         )
 
 
-def release(url: str, hold_id: int) -> holds.Hold:
+def release(url: str, hold_id: int) -> hold_registry.Hold:
     """Release hold ``hold_id``."""
     with psycopg.connect(url, autocommit=True) as conn:
-        return holds.release(conn, hold_id, released_by="tester", reason="case closed")
+        return hold_registry.release(conn, hold_id, released_by="tester", reason="case closed")
 
 
 def audit_kinds(url: str, kind: str) -> list[dict[str, Any]]:

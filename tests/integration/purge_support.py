@@ -29,6 +29,7 @@ from purger.policy import RetentionPolicy
 from purger.purge import Purger
 from purger.records import Record
 from purger.settings import Settings
+from purger.stats import Stats
 from purger.storage import Envelope
 from tests.integration.support import REPO, settings_env, wait_until
 
@@ -76,6 +77,12 @@ def make_purger(settings: Settings, policy: RetentionPolicy, **overrides: Any) -
     options.update(overrides)
     metrics = Metrics(CollectorRegistry(), list(policy.categories), ingest=False)
     return Purger(settings.conninfo(), policy, metrics, **options)
+
+
+def make_stats(settings: Settings, policy: RetentionPolicy) -> Stats:
+    """The read model on this test's database, with a private metrics registry."""
+    metrics = Metrics(CollectorRegistry(), list(policy.categories), ingest=False)
+    return Stats(settings.conninfo(), policy, metrics)
 
 
 def seed_backdated(url: str, category: str, expiries: Iterable[datetime]) -> list[str]:

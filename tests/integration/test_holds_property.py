@@ -4,7 +4,7 @@ Random records around partition boundaries, random holds and releases, random
 arrivals of expired records and random pass instants. After every step the
 database holds exactly what a plain model says: no record an active hold covers
 is ever destroyed, and no uncovered record expired at T survives a pass at T.
-The model's idea of coverage is written here, independently of purger.holds.
+The model's idea of coverage is written here, independently of the purger's hold modules.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from psycopg import sql
 from purger import audit
 from purger.partitions import partition_name
 from purger.policy import RetentionPolicy
-from purger.purge import OUTCOME_SUCCESS, PASS_LOCK
+from purger.purge import PASS_LOCK
+from purger.purge_report import OUTCOME_SUCCESS
 from purger.queries import query
 from purger.settings import Settings
 from purger.storage import Storage
@@ -30,6 +31,7 @@ from tests.integration.purge_support import (
     detach_pending,
     envelope,
     make_purger,
+    make_stats,
     midnight,
     purge_env,
     registry,
@@ -455,7 +457,7 @@ def test_stats_show_overdue_and_the_last_pass_and_purge_exit_codes_tell_outcomes
     assert (code, report["outcome"]) == (0, "success")
     assert report["categories"]["cdr"]["rows_purged"] == 4
     assert not set(victim_ids) & set(stored(url, "cdr"))
-    assert make_purger(settings, policy).overdue()["cdr"] == 0
+    assert make_stats(settings, policy).overdue()["cdr"] == 0
     with psycopg.connect(url, autocommit=True) as conn:
         assert audit.verify(conn).ok
 

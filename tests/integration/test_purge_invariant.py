@@ -28,7 +28,7 @@ from psycopg import sql
 
 from purger import audit
 from purger.policy import RetentionPolicy
-from purger.purge import OUTCOME_NOTHING, OUTCOME_SUCCESS
+from purger.purge_report import OUTCOME_NOTHING, OUTCOME_SUCCESS
 from purger.settings import Settings
 from purger.storage import Storage
 from tests.integration.purge_support import (

@@ -23,7 +23,8 @@ from psycopg import sql
 from purger import audit
 from purger.partitions import partition_name
 from purger.policy import RetentionPolicy
-from purger.purge import PassReport, Purger
+from purger.purge import Purger
+from purger.purge_report import PassReport
 from purger.scheduler import PurgeScheduler
 from purger.settings import Settings
 from tests.integration.purge_support import (
@@ -280,11 +281,11 @@ def test_a_lock_timeout_inside_the_hold_helpers_is_contention_not_failure(
     with _blocker(url) as blocker:
         if held == "hold_being_placed":
             # What placing or releasing a hold holds until it commits: every destroying
-            # transaction (holds.lock_for_destruction) waits for it, in every category.
+            # transaction (held_storage.lock_for_destruction) waits for it, in every category.
             _lock(blocker, "legal_holds", "ROW EXCLUSIVE")
         else:
             # Held storage of one category locked (an index being built on it): the purge
-            # of its released held records (holds.purge_released) waits for it.
+            # of its released held records (held_storage.purge_released) waits for it.
             _lock(blocker, "held_cdr", "SHARE")
         code, report = _cli_purge(env)
 

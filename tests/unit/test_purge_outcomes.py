@@ -12,9 +12,13 @@ from purger.errors import (
     StatementTimeout,
     StorageError,
 )
-from purger.holds import PreservationError
-from purger.metrics import CATEGORY_OUTCOMES, PURGE_OUTCOMES
-from purger.purge import combine_outcomes, interruption
+from purger.held_storage import HeldStorageError
+from purger.purge_report import (
+    CATEGORY_OUTCOMES,
+    PURGE_OUTCOMES,
+    combine_outcomes,
+    interruption,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +57,7 @@ def _wrapped(kind: type[StorageError], cause: Exception) -> StorageError:
         (_wrapped(DatabaseUnavailable, pgerrors.AdminShutdown()), None),
         (NotOwnedError("partition records_cdr_p2026010100 is not ours"), None),
         (pgerrors.UndefinedTable(), None),
-        (PreservationError("held storage received 1 of 2"), None),
+        (HeldStorageError("held storage received 1 of 2"), None),
     ],
 )
 def test_only_lock_and_statement_timeouts_interrupt_rather_than_fail(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from purger.errors import ConfigError
-from purger.scheduler import trigger_for
+from purger.schedules import trigger_for
 from purger.settings import Settings, load_settings
 
 

@@ -14,18 +14,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from purger import holds
+from purger import hold_registry, hold_scope, subject_export
+from purger.cli.context import Context
 from purger.db import connect
 from purger.errors import InvalidMessage
 from purger.exits import EXIT_OK, EXIT_USAGE, fail
 from purger.records import parse_timestamp
 
-if TYPE_CHECKING:
-    from purger.cli import Context
-
-_SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in holds.SELECTORS}
+_SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in hold_scope.SELECTORS}
 _CSV_FIELDS = (
     "category",
     "record_id",
@@ -52,7 +50,7 @@ def _usage_errors() -> Iterator[None]:
     # A mistake in the request: one line and exit 2, never a traceback.
     try:
         yield
-    except holds.InvalidHold as exc:
+    except hold_scope.InvalidHold as exc:
         fail(str(exc), EXIT_USAGE)
 
 
@@ -62,14 +60,14 @@ def _timestamp(value: str | None, flag: str) -> datetime | None:
     try:
         return parse_timestamp(value, flag)
     except InvalidMessage as exc:
-        raise holds.InvalidHold(exc.detail) from None
+        raise hold_scope.InvalidHold(exc.detail) from None
 
 
 def _conn(ctx: Context) -> Any:
     return connect(ctx.settings.conninfo(), autocommit=True, role="holds")
 
 
-def _scope_summary(hold: holds.Hold) -> str:
+def _scope_summary(hold: hold_registry.Hold) -> str:
     scope = hold.scope
     parts = []
     if scope.all_records:
@@ -94,10 +92,10 @@ def cmd_hold_place(ctx: Context) -> int:
     """Place a hold; print its id and what it preserves."""
     args = ctx.args
     with _usage_errors():
-        scope = holds.build_scope(
+        scope = hold_scope.build_scope(
             ctx.policy,
             categories=args.category or (),
-            subjects={kind: getattr(args, kind) or [] for kind in holds.SELECTORS},
+            subjects={kind: getattr(args, kind) or [] for kind in hold_scope.SELECTORS},
             tenant=args.tenant,
             occurred_from=_timestamp(args.occurred_from, "--occurred-from"),
             occurred_to=_timestamp(args.occurred_to, "--occurred-to"),
@@ -105,7 +103,7 @@ def cmd_hold_place(ctx: Context) -> int:
             default_country_code=ctx.settings.default_country_code,
         )
         with _conn(ctx) as conn:
-            placement = holds.place(
+            placement = hold_registry.place(
                 conn,
                 ctx.policy,
                 scope,
@@ -133,7 +131,7 @@ def cmd_hold_release(ctx: Context) -> int:
     """Release a hold."""
     args = ctx.args
     with _usage_errors(), _conn(ctx) as conn:
-        hold = holds.release(conn, args.id, released_by=args.by, reason=args.reason)
+        hold = hold_registry.release(conn, args.id, released_by=args.by, reason=args.reason)
     if args.json:
         _json(hold.as_dict())
     else:
@@ -148,7 +146,7 @@ def cmd_hold_list(ctx: Context) -> int:
     """List holds, oldest first."""
     args = ctx.args
     with _conn(ctx) as conn:
-        found = holds.list_holds(conn, active_only=args.active)
+        found = hold_registry.list_holds(conn, active_only=args.active)
     if args.json:
         _json([h.as_dict() for h in found])
         return EXIT_OK
@@ -166,8 +164,8 @@ def cmd_hold_show(ctx: Context) -> int:
     """One hold: its scope and how many records it preserves now, per category."""
     args = ctx.args
     with _conn(ctx) as conn:
-        hold = holds.get(conn, args.id)
-        preserved = holds.preserved_now(conn, ctx.policy, hold)
+        hold = hold_registry.get(conn, args.id)
+        preserved = hold_registry.held_now(conn, ctx.policy, hold)
     if args.json:
         _json({**hold.as_dict(), "preserved": preserved})
         return EXIT_OK
@@ -189,10 +187,10 @@ def cmd_hold_show(ctx: Context) -> int:
 def cmd_subject_export(ctx: Context) -> int:
     """Every stored record of one subject, with its expiry and covering holds."""
     args = ctx.args
-    chosen = [(kind, getattr(args, kind)) for kind in holds.SELECTORS if getattr(args, kind)]
+    chosen = [(kind, getattr(args, kind)) for kind in hold_scope.SELECTORS if getattr(args, kind)]
     kind, raw = chosen[0]
     with _usage_errors():
-        keys = holds.subject_keys_for(kind, raw, ctx.settings.default_country_code)
+        keys = subject_export.subject_keys_for(kind, raw, ctx.settings.default_country_code)
     out: TextIO = (
         open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
         if args.output
@@ -200,7 +198,7 @@ def cmd_subject_export(ctx: Context) -> int:
     )
     try:
         with _conn(ctx) as conn:
-            records = list(holds.export_subject(conn, ctx.policy, keys))
+            records = list(subject_export.export_subject(conn, ctx.policy, keys))
         if args.format == "csv":
             writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS)
             writer.writeheader()

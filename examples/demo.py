@@ -7,12 +7,13 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from kafka import KafkaProducer
 
-from consumers import samples
 from consumers.kafka_config import producer_options
 from consumers.service import consume, ensure_topics
+from examples import samples
 from purger import audit, logs
 from purger.db import connect
 from purger.durations import add_months
@@ -20,7 +21,9 @@ from purger.errors import PurgerError
 from purger.metrics import Metrics
 from purger.policy import load_policy
 from purger.purge import Purger
+from purger.purge_report import COMPLETED
 from purger.settings import load_settings
+from purger.stats import Stats
 from purger.storage import Storage
 
 GOOD_PER_CATEGORY = 250
@@ -28,22 +31,8 @@ EXPIRED_PER_CATEGORY = 5
 SOON_PER_CATEGORY = 3
 SOON = timedelta(seconds=45)
 
-# Copies of the bad samples: each must end in the dead-letter topic with a reason.
-BAD = [
-    b"\xff\xfe {not json at all",
-    b'{"record_id": "", "occurred_at": "2026-11-01T09:14:07Z", "tenant": "t1", "subjects": {}}',
-    b'{"record_id": "cdr-x4", "occurred_at": "2126-11-01T09:14:07Z", "tenant": "t1", '
-    b'"subjects": {"msisdn": ["+31612345678"]}}',
-    b'{"record_id": "cdr-x5", "occurred_at": "2026-11-01T09:14:07Z", "tenant": "t1", '
-    b'"subjects": {"msisdn": ["not-a-number"]}}',
-    b'{"occurred_at": "2026-11-01T09:14:07Z", "tenant": "t1", "subjects": {}}',
-    b'{"record_id": "cdr-x1", "occurred_at": "2026-11-01T09:14:07", "tenant": "t1", '
-    b'"subjects": {}}',
-    b"[1, 2, 3]",
-    b'{"record_id": "cdr-x3", "occurred_at": "2026-11-01T09:14:07Z", "tenant": "t1", '
-    b'"subjects": {"msisdn": "+31612345678"',
-    b'{"record_id": "cdr-x2", "occurred_at": "yesterday", "tenant": "t1", "subjects": {}}',
-]
+# The bad samples the tests use: each must end in the dead-letter topic with a reason.
+BAD_SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "messages" / "bad"
 
 
 def _say(text: str) -> None:
@@ -84,7 +73,8 @@ def main() -> int:
                 soon_until = max(soon_until, category.expires_at("", occurred))
                 values.append(samples.message(name, f"demo-{run}-{name}-soon-{i}", occurred, rng))
             sent = samples.produce(producer, category.topic, [samples.encode(v) for v in values])
-            extra = samples.produce(producer, category.topic, BAD) if name == "cdr" else 0
+            bad = [p.read_bytes() for p in sorted(BAD_SAMPLES.iterdir())]
+            extra = samples.produce(producer, category.topic, bad) if name == "cdr" else 0
             _say(
                 f"   {category.topic:<30} {sent} valid messages"
                 + (f", {extra} bad ones" if extra else "")
@@ -102,11 +92,12 @@ def main() -> int:
         )
 
     purger = Purger(settings.conninfo(), policy, metrics)
+    stats = Stats(settings.conninfo(), policy, metrics)
     wait = (soon_until - datetime.now(UTC)).total_seconds() + 1
     if wait > 0:
         _say(f"4. waiting {wait:.0f} s until the records that expire during the demo have expired")
         time.sleep(wait)  # the demo waits for wall-clock expiry; nothing to poll for
-    overdue = purger.overdue()
+    overdue = stats.overdue()
     _say(f"   overdue before the pass: {sum(overdue.values())} records")
     report = purger.run_pass()
     _say(f"5. purge pass {report.pass_id}: {report.outcome}")
@@ -114,7 +105,7 @@ def main() -> int:
         _say(
             f"   {name:<16} removed {cat.rows_purged} records, {cat.partitions_dropped} partitions"
         )
-    overdue = purger.overdue()
+    overdue = stats.overdue()
     _say(f"   overdue after the pass: {sum(overdue.values())} records")
     with connect(settings.conninfo(), autocommit=True) as conn:
         result = audit.verify(conn)
@@ -122,7 +113,7 @@ def main() -> int:
         f"6. audit verify: {'intact' if result.ok else 'BROKEN: ' + str(result.problem)} "
         f"({result.entries} entries, head {result.head_hash[:16]}...)"
     )
-    return 0 if result.ok and report.outcome in ("success", "nothing_to_do") else 1
+    return 0 if result.ok and report.outcome in COMPLETED else 1
 
 
 if __name__ == "__main__":

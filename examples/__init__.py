@@ -1,0 +1,1 @@
+"""Runnable examples: `make demo` and its sample traffic (shipped in neither wheel nor image)."""

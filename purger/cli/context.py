@@ -1,0 +1,105 @@
+"""What every command needs: settings, policy, metrics, engines, a stop flag.
+
+Command modules of ``purger.cli`` import this one and nothing of each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+from purger import logs
+from purger.metrics import Metrics
+from purger.policy import RetentionPolicy, load_policy
+from purger.purge import Purger
+from purger.settings import Settings, describe_settings, load_settings
+from purger.storage import Storage
+
+log = logging.getLogger("purger")
+
+Command = Callable[["Context"], int]
+
+
+class Context:
+    """What every command needs, loaded once."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.settings: Settings = load_settings(args.config)
+        logs.configure(self.settings.log_format, self.settings.log_level)
+        self.policy: RetentionPolicy = load_policy(
+            self.settings.policy_file, self.settings.dead_letter_suffix
+        )
+
+    def log_effective_config(self) -> None:
+        """The one start-up line with the effective settings, secrets masked."""
+        log.info(
+            "effective settings: %s; policy %s (version %s, digest %s)",
+            json.dumps(self.settings.masked(), default=str),
+            self.policy.source,
+            self.policy.version,
+            self.policy.digest,
+        )
+
+    def metrics(self, *, ingest: bool = True) -> Metrics:
+        """A fresh metrics registry with every series pre-created."""
+        return Metrics(
+            categories=self.policy.categories,
+            topics=self.policy.by_topic(),
+            ingest=ingest,
+        )
+
+    def purger(self, metrics: Metrics) -> Purger:
+        """The purge engine."""
+        s = self.settings
+        return Purger(
+            s.conninfo(),
+            self.policy,
+            metrics,
+            lock_timeout_ms=s.lock_timeout_ms,
+            statement_timeout_ms=s.statement_timeout_ms,
+            delete_batch_size=s.delete_batch_size,
+        )
+
+    def storage(self, role: str = "cli") -> Storage:
+        """A storage handle."""
+        return Storage(self.settings.conninfo(), self.policy, self.settings.granularity, role)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """A stop flag set by SIGTERM and SIGINT (the current batch finishes first)."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def print_json(value: Any, out: TextIO = sys.stdout) -> None:
+    """``value`` as indented JSON."""
+    out.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def add_command(sub: Any, name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help also lists every PURGER_* setting."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=describe_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p

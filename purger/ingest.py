@@ -1,0 +1,67 @@
+"""The ingest plugin: what the core asks of the Kafka side, and how it finds it.
+
+The core never imports ``consumers``: the installed distribution registers an
+object satisfying ``IngestPlugin`` under the ``purger.ingest`` entry point, so
+that the dependency points one way only (consumers -> purger).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from purger.errors import ConfigError
+from purger.liveness import Liveness
+from purger.metrics import Metrics
+from purger.policy import RetentionPolicy
+from purger.settings import Settings
+
+ENTRY_POINT_GROUP = "purger.ingest"
+
+
+class MetricsDirectory(Protocol):
+    """Where worker processes write their metrics for the parent to serve."""
+
+    def collector_into(self, registry: CollectorRegistry) -> None:
+        """Serve the workers' metrics from ``registry``."""
+
+    def close(self) -> None:
+        """Remove the directory."""
+
+
+class IngestPlugin(Protocol):
+    """The Kafka side of the purger."""
+
+    def consume(
+        self,
+        settings: Settings,
+        policy: RetentionPolicy,
+        metrics: Metrics,
+        stop: threading.Event,
+        *,
+        workers: int = 1,
+        until_idle: bool = False,
+        liveness: Liveness | None = None,
+    ) -> dict[str, Any]:
+        """Consume with ``workers`` group members until ``stop`` (or caught up)."""
+
+    def kafka_check(self, settings: Settings) -> Callable[[], None]:
+        """A readiness check that asks the brokers for their metadata."""
+
+    def metrics_directory(self) -> MetricsDirectory:
+        """A directory for the metrics of worker processes."""
+
+
+def load_plugin(name: str = "kafka") -> IngestPlugin:
+    """The installed ingest plugin ``name``; ConfigError if it is not installed."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            plugin: IngestPlugin = ep.load()
+            return plugin
+    raise ConfigError(
+        f"the Kafka consumers are not installed (entry point {ENTRY_POINT_GROUP}:{name})"
+    )
