@@ -1,0 +1,348 @@
+"""The README's "Deploy on Kubernetes" section, followed on a real cluster, and what follows it.
+
+The tests run in file order and share one release (`purger` in namespace `purger`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import (
+    CHART,
+    NS,
+    kjson,
+    kubectl,
+    metric,
+    metrics,
+    produce,
+    producer_pod_manifest,
+    purger_exec,
+    run,
+    stored,
+    wait_pods_ready,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+STATE: dict[str, Any] = {"cdr": 0}
+
+
+def values(infra: dict[str, str], tmp: Path, **extra: Any) -> Path:
+    """my-values.yaml of the README, with the local image and the in-cluster services."""
+    repository, _, tag = infra["image"].rpartition(":")
+    doc: dict[str, Any] = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "kafka": {"bootstrapServers": infra["bootstrap"]},
+        # A purge pass every minute, so the suite sees scheduled passes.
+        "config": {"purgeSchedule": "* * * * *"},
+    }
+    for key, value in extra.items():
+        doc[key] = value
+    path = tmp / "my-values.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def hook_runs(release: str = "purger", namespace: str = NS) -> dict[str, dict[str, Any]]:
+    status = json.loads(run(["helm", "status", release, "-n", namespace, "-o", "json"]).stdout)
+    return {h["name"]: h.get("last_run", {}) for h in status.get("hooks", [])}
+
+
+def install_as_in_readme(
+    infra: dict[str, str], tmp: Path, namespace: str = NS, url: str | None = None, **extra: Any
+) -> None:
+    """The README's commands, in order, with the local image (built by `make image`)."""
+    kubectl("create", "namespace", namespace)
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kubectl(
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "purger-database",
+        f"--from-literal=url={url or infra['database_url']}",
+    )
+    my_values = values(infra, tmp, **extra)
+    run(
+        [
+            "helm",
+            "install",
+            "purger",
+            "deploy/helm/purger",
+            "-n",
+            namespace,
+            "-f",
+            str(my_values),
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        timeout=400,
+    )
+
+
+# ------------------------------------------------------------------------------------ install
+def test_install_with_hooks_into_a_restricted_namespace(
+    infra: dict[str, str], tmp_path: Path
+) -> None:
+    install_as_in_readme(infra, tmp_path)
+    runs = hook_runs()
+    assert runs["purger-migrate"]["phase"] == "Succeeded", runs
+    STATE["migrate_started"] = runs["purger-migrate"]["started_at"]
+    labels = kjson("get", "namespace", NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # --wait is not trusted alone: every pod of the release Running and Ready.
+    kubectl("-n", NS, "rollout", "status", "deploy/purger", "--timeout=180s", timeout=200)
+    wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=180)
+    # Nothing of the hook is left pointing at deleted objects: the succeeded Job is gone.
+    jobs = kjson("-n", NS, "get", "jobs")["items"]
+    assert not jobs, [j["metadata"]["name"] for j in jobs]
+
+
+def test_the_restricted_namespace_refuses_a_privileged_pod() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": NS},
+        "spec": {
+            "containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]
+        },
+    }
+    refused = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert refused.returncode != 0 and "PodSecurity" in refused.stderr, refused.stderr
+
+
+def test_helm_test_passes() -> None:
+    done = run(["helm", "test", "purger", "-n", NS, "--timeout", "3m"], timeout=240)
+    assert "Phase:          Succeeded" in done.stdout or "Succeeded" in done.stdout, done.stdout
+
+
+# ------------------------------------------------------------------------------------ ingest
+def test_records_are_ingested_as_the_metrics_show() -> None:
+    before = metric(metrics(), "purger_records_ingested_total", category="cdr")
+    produce("ingest", 200)
+    STATE["cdr"] += 200
+    wait_until(
+        "200 cdr records ingested (purger_records_ingested_total via the API server proxy)",
+        lambda: metric(metrics(), "purger_records_ingested_total", category="cdr") - before >= 200,
+        timeout=120,
+        every=2,
+    )
+    assert stored("cdr") == STATE["cdr"]
+
+
+def test_purge_passes_run_on_schedule() -> None:
+    # config.purgeSchedule is every minute: a scheduled pass completes within about two.
+    def passes() -> float:
+        samples = metrics()
+        return sum(v for k, v in samples.items() if k.startswith("purger_purge_runs_total{"))
+
+    wait_until("a scheduled purge pass (purger_purge_runs_total)", lambda: passes() >= 1, 150, 5)
+    assert metric(metrics(), "purger_last_purge_success_timestamp_seconds") > time.time() - 300
+
+
+# ------------------------------------------------------------------------------------ operators
+def test_operator_workflows_of_the_readme() -> None:
+    dry = json.loads(purger_exec("purger", "purge", "--dry-run", "--json", check=False).stdout)
+    assert dry, "purge --dry-run --json printed nothing"
+    placed = purger_exec(
+        "purger",
+        "hold",
+        "place",
+        "--case-ref",
+        "CASE-2026-001",
+        "--reason",
+        "court order",
+        "--by",
+        "e2e",
+        "--msisdn",
+        "+31612345678",
+        "--json",
+    )
+    hold = json.loads(placed.stdout)
+    hold_id = str(hold.get("id") or hold.get("hold_id") or hold["hold"]["id"])
+    purger_exec("purger", "hold", "release", hold_id, "--by", "e2e", "--reason", "case closed")
+    export = purger_exec(
+        "purger", "subject", "export", "--msisdn", "+31610000001", "--format", "csv"
+    )
+    assert "ingest-000001" in export.stdout, export.stdout[:2000]
+    verify = purger_exec("purger", "audit", "verify")
+    assert verify.returncode == 0
+
+
+# ------------------------------------------------------------------------------------ restart
+def test_a_rolling_restart_while_producing_loses_and_duplicates_nothing(
+    infra: dict[str, str],
+) -> None:
+    count = 1500
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=producer_pod_manifest("producer-restart", "restart", count, 60, infra["image"]),
+    )
+    wait_until(
+        "the producer to start",
+        lambda: (
+            kjson("-n", NS, "get", "pod", "producer-restart")["status"].get("phase")
+            in ("Running", "Succeeded")
+        ),
+        60,
+    )
+    kubectl("-n", NS, "rollout", "restart", "deploy/purger")
+    kubectl("-n", NS, "rollout", "status", "deploy/purger", "--timeout=240s", timeout=260)
+    wait_until(
+        "the producer to finish",
+        lambda: kjson("-n", NS, "get", "pod", "producer-restart")["status"]["phase"] == "Succeeded",
+        180,
+        2,
+    )
+    STATE["cdr"] += count
+    wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=120)
+    assert_no_loss("cdr", STATE["cdr"])
+    kubectl("-n", NS, "delete", "pod", "producer-restart", "--wait=false")
+
+
+def assert_no_loss(
+    category: str, expected: int, timeout: float = 120, target: str = "deploy/purger"
+) -> None:
+    """The stored count reaches exactly `expected` (no loss) and not more (no duplicate)."""
+    wait_until(
+        f"{expected} {category} records stored",
+        lambda: stored(category, target) >= expected,
+        timeout,
+        2,
+    )
+    got = stored(category, target)
+    assert got == expected, f"{got} stored, {expected} produced"
+
+
+# ------------------------------------------------------------------------------------ upgrade
+def test_upgrade_with_a_changed_policy_reruns_the_migrate_hook(
+    infra: dict[str, str], tmp_path: Path
+) -> None:
+    policy = yaml.safe_load((CHART / "values.yaml").read_text())["policy"]
+    policy["version"] = "2026-12-31.1"
+    policy["categories"]["cdr"]["retention"] = "P7M"
+    my_values = values(infra, tmp_path, policy=policy)
+    run(
+        [
+            "helm",
+            "upgrade",
+            "purger",
+            "deploy/helm/purger",
+            "-n",
+            NS,
+            "-f",
+            str(my_values),
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        timeout=400,
+    )
+    runs = hook_runs()
+    assert runs["purger-migrate"]["phase"] == "Succeeded"
+    assert runs["purger-migrate"]["started_at"] != STATE["migrate_started"]
+    wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=180)
+    policy_cm = kjson("-n", NS, "get", "configmap", "purger-policy")
+    assert "P7M" in policy_cm["data"]["retention.yaml"]
+
+
+def test_uninstall_keeps_the_data_and_split_mode_installs(
+    infra: dict[str, str], tmp_path: Path
+) -> None:
+    run(["helm", "uninstall", "purger", "-n", NS, "--wait", "--timeout", "3m"], timeout=240)
+    wait_until(
+        "the release's pods to go",
+        lambda: (
+            not kjson("-n", NS, "get", "pods", "-l", "app.kubernetes.io/instance=purger")["items"]
+        ),
+        120,
+    )
+    my_values = values(infra, tmp_path, mode="split")
+    run(
+        [
+            "helm",
+            "install",
+            "purger",
+            "deploy/helm/purger",
+            "-n",
+            NS,
+            "-f",
+            str(my_values),
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        timeout=400,
+    )
+    wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=180, expect=2)
+    # The records stored before the uninstall are all still there.
+    assert stored("cdr", target="deploy/purger-scheduler") == STATE["cdr"]
+    purger_exec("purger", "audit", "verify", target="deploy/purger-scheduler")
+
+
+def test_monitoring_values_install_with_the_operator_crds(
+    infra: dict[str, str], tmp_path: Path
+) -> None:
+    crds = run(
+        [
+            "go",
+            "mod",
+            "download",
+            "-json",
+            "github.com/prometheus-operator/prometheus-operator@v0.85.0",
+        ],
+        timeout=600,
+    ).stdout
+    crd_dir = Path(json.loads(crds)["Dir"]) / "example" / "prometheus-operator-crd"
+    for name in (
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+    ):
+        kubectl("apply", "--server-side", "-f", str(crd_dir / name))
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+        "--timeout=60s",
+    )
+    kubectl("create", "namespace", "monitoring")
+    my_values = values(
+        infra,
+        tmp_path,
+        mode="split",
+        serviceMonitor={"enabled": True},
+        prometheusRule={"enabled": True},
+        grafanaDashboard={"enabled": True, "namespace": "monitoring"},
+    )
+    run(
+        [
+            "helm",
+            "upgrade",
+            "purger",
+            "deploy/helm/purger",
+            "-n",
+            NS,
+            "-f",
+            str(my_values),
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        timeout=400,
+    )
+    assert kjson("-n", NS, "get", "servicemonitors")["items"]
+    assert kjson("-n", NS, "get", "prometheusrules")["items"]
+    assert kjson("-n", "monitoring", "get", "configmaps", "-l", "grafana_dashboard=1")["items"]
+    wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=180, expect=2)
