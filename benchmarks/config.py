@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from harness.loopback import require_loopback
+
 SECTIONS = ("ingest", "purge", "load", "holds")
 # The sizes the issue names; on 2 cores the whole run takes about 9.5 minutes with
 # them. Smaller knobs (e.g. BENCH_RECORDS=200000) give a quick look.
 DEFAULT_RECORDS = 1_000_000
 ISSUE_RECORDS = 1_000_000
 ISSUE_EXPIRED = 5_000_000
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class BenchConfigError(ValueError):
@@ -54,17 +55,6 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     if any(v < 0 for v in values):
         raise BenchConfigError(f"{name}: counts cannot be negative")
     return values
-
-
-def _loopback(url_or_hosts: str, what: str) -> None:
-    """Refuse any address that is not on this machine: benchmarks never leave loopback."""
-    if "://" in url_or_hosts:
-        hosts = [urlsplit(url_or_hosts).hostname or ""]
-    else:
-        hosts = [h.strip().rsplit(":", 1)[0].strip("[]") for h in url_or_hosts.split(",")]
-    for host in hosts:
-        if host not in LOOPBACK:
-            raise BenchConfigError(f"{what} must be on loopback (127.0.0.1), not {host!r}")
 
 
 @dataclass(frozen=True)
@@ -125,8 +115,9 @@ def load_config() -> BenchConfig:
         or os.environ.get("PURGER_TEST_KAFKA_BOOTSTRAP")
         or "127.0.0.1:19092"
     )
-    _loopback(server, "BENCH_DATABASE_URL")
-    _loopback(kafka, "BENCH_KAFKA_BOOTSTRAP")
+    # Benchmarks never leave loopback.
+    require_loopback(server, "BENCH_DATABASE_URL", BenchConfigError)
+    require_loopback(kafka, "BENCH_KAFKA_BOOTSTRAP", BenchConfigError)
     raw_sections = os.environ.get("BENCH_SECTIONS", "").strip()
     sections = tuple(s.strip() for s in raw_sections.split(",") if s.strip()) or SECTIONS
     if "holds" in sections:

@@ -89,7 +89,7 @@ class Writer:
     def _run(self) -> None:
         rng = random.Random(7)
         interval = self.batch / self.rate
-        with Storage(self.url, self.policy, role="bench-writer") as storage:
+        with Storage(self.url, self.policy, application="bench-writer") as storage:
             due = time.perf_counter()
             i = 0
             while not self._stop.is_set():

@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from psycopg import sql
 
 from benchmarks.config import BenchConfig
+from harness import kafka_cleanup
+from harness.run_policy import write_run_policy
 from purger.policy import RetentionPolicy, load_policy
 from purger.storage import Storage
 
 log = logging.getLogger("benchmarks")
 
 REPO = Path(__file__).resolve().parents[1]
-POLICY_TEMPLATE = REPO / "config" / "retention.yaml"
 
 
 class Workspace:
@@ -35,7 +35,7 @@ class Workspace:
         self.databases: list[str] = []
         self.topics: list[str] = []
         self.groups: list[str] = []
-        self.policy_file = self._write_policy()
+        self.policy_file = write_run_policy(self.tmp, f"bench.{self.run_id}")
         self.policy: RetentionPolicy = load_policy(self.policy_file)
 
     # -- names -------------------------------------------------------------------------
@@ -49,15 +49,6 @@ class Workspace:
         self.groups.append(name)
         return name
 
-    def _write_policy(self) -> Path:
-        # The project's policy with every topic renamed into this run's namespace.
-        data: dict[str, Any] = yaml.safe_load(POLICY_TEMPLATE.read_text(encoding="utf-8"))
-        for category in data["categories"].values():
-            category["topic"] = f"bench.{self.run_id}.{category['topic']}"
-        path = self.tmp / "retention.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        return path
-
     # -- databases -----------------------------------------------------------------------
     def _admin(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.config.database_url("postgres"), autocommit=True)
@@ -70,7 +61,7 @@ class Workspace:
         self.databases.append(name)
         url = self.config.database_url(name)
         if migrate:
-            with Storage(url, self.policy, role="bench-migrate") as storage:
+            with Storage(url, self.policy, application="bench-migrate") as storage:
                 storage.migrate()
         return url
 
@@ -112,14 +103,9 @@ class Workspace:
         names: list[str] = []
         for category in self.policy.categories.values():
             names += [category.topic, category.dead_letter_topic]
-        spec = {"num_partitions": self.config.topic_partitions, "replication_factor": 1}
-        admin = self._kafka_admin()
-        try:
-            self.topics += names
-            admin.create_topics({name: dict(spec) for name in names}, wait_for_metadata=True)
-            admin.wait_for_topics(names, timeout_ms=30000)
-        finally:
-            admin.close()
+        kafka_cleanup.create_topics(
+            self._kafka_admin, names, self.config.topic_partitions, self.topics
+        )
         return names
 
     # -- cleanup ---------------------------------------------------------------------------
@@ -132,15 +118,7 @@ class Workspace:
             except psycopg.Error as exc:
                 problems.append(f"database {name}: {exc.__class__.__name__}")
         if self.topics or self.groups:
-            try:
-                admin = self._kafka_admin()
-            except KafkaError as exc:
-                problems.append(f"kafka admin: {exc.__class__.__name__}")
-            else:
-                try:
-                    problems += self._delete_kafka(admin)
-                finally:
-                    admin.close()
+            problems += kafka_cleanup.with_admin(self._kafka_admin, self._delete_kafka)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return problems
 
@@ -155,14 +133,6 @@ class Workspace:
                 problems.append(f"consumer groups: {exc.__class__.__name__}")
         self.groups.clear()
         if self.topics:
-            try:
-                response = admin.delete_topics(self.topics, timeout_ms=30000, raise_errors=False)
-            except KafkaError as exc:
-                problems.append(f"topics: {exc.__class__.__name__}")
-            else:
-                for topic in response.get("topics", []):
-                    # 3: UNKNOWN_TOPIC_OR_PARTITION, already gone.
-                    if topic.get("error_code") not in (0, 3):
-                        problems.append(f"topic {topic.get('name')}: {topic.get('error_message')}")
+            problems += kafka_cleanup.delete_topics(admin, self.topics)
         self.topics.clear()
         return problems

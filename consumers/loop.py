@@ -115,7 +115,7 @@ class ConsumerWorker:
                 self.settings.conninfo(),
                 self.policy,
                 self.settings.granularity,
-                role=f"consumer-{self.worker_id}",
+                application=f"consumer-{self.worker_id}",
             )
         )
         producer = self._client(KafkaProducer, producer_options(self.settings))

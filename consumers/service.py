@@ -138,31 +138,8 @@ class MultiprocessMetrics:
 class KafkaIngest:
     """The ``purger.ingest`` plugin (``purger.ingest.IngestPlugin``) of this package."""
 
-    def consume(
-        self,
-        settings: Settings,
-        policy: RetentionPolicy,
-        metrics: Metrics,
-        stop: threading.Event,
-        *,
-        workers: int = 1,
-        until_idle: bool = False,
-        liveness: Liveness | None = None,
-    ) -> dict[str, Any]:
-        """See ``consume``."""
-        return consume(
-            settings,
-            policy,
-            metrics,
-            stop,
-            workers=workers,
-            until_idle=until_idle,
-            liveness=liveness,
-        )
-
-    def kafka_check(self, settings: Settings) -> Callable[[], None]:
-        """See ``kafka_check``."""
-        return kafka_check(settings)
+    consume = staticmethod(consume)
+    kafka_check = staticmethod(kafka_check)
 
     def metrics_directory(self) -> MultiprocessMetrics:
         """A directory for the metrics of worker processes."""

@@ -101,14 +101,14 @@ def _options(conninfo: str) -> dict[str, Any]:
 
 
 def connect(
-    conninfo: str, *, autocommit: bool = False, role: str = "main"
+    conninfo: str, *, autocommit: bool = False, application: str = "main"
 ) -> psycopg.Connection[Any]:
     """Open a connection with keepalives; DatabaseUnavailable or SystemicFault if refused."""
     try:
         return psycopg.connect(
             conninfo,
             autocommit=autocommit,
-            application_name=f"{APPLICATION_NAME}:{role}",
+            application_name=f"{APPLICATION_NAME}:{application}",
             connect_timeout=10,
             **_options(conninfo),
         )

@@ -69,8 +69,8 @@ class Purger:
         self.statement_timeout_ms = statement_timeout_ms
         self.delete_batch_size = delete_batch_size
 
-    def _connect(self, role: str) -> psycopg.Connection[Any]:
-        conn = connect(self.conninfo, autocommit=True, role=role)
+    def _connect(self, application: str) -> psycopg.Connection[Any]:
+        conn = connect(self.conninfo, autocommit=True, application=application)
         conn.execute(
             sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
         )

@@ -15,6 +15,7 @@ the held records that no active hold covers any more.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -212,101 +213,112 @@ class CategoryPurge:
     def _drop(self, parent: str, action: PartitionAction, attached: dict[str, bool]) -> str | None:
         # Returns what interrupted the drop (the action is then contended or
         # timed_out); any other error propagates and fails the category.
+        return self._attempt(
+            action,
+            f"drop partition {action.partition}",
+            lambda: self._drop_now(parent, action, attached),
+        )
+
+    def _drop_now(self, parent: str, action: PartitionAction, attached: dict[str, bool]) -> None:
         conn, category = self.conn, self.category
         pname = action.partition
         ident = {"parent": sql.Identifier(parent), "partition": sql.Identifier(pname)}
-        try:
-            with wrap_errors(f"drop partition {pname}"):
-                if pname in attached:
-                    if attached[pname]:
-                        # A detach interrupted between its two phases: finish it.
-                        conn.execute(template("detach_finalize", **ident))
-                    else:
-                        conn.execute(
-                            query("set_partition_state"), {"state": "detaching", "name": pname}
-                        )
-                        conn.execute(template("detach_concurrently", **ident))
-                    conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
-                exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
-                with conn.transaction():
-                    # First in the transaction: lock out hold changes and re-read the
-                    # active holds, so that a hold committed before now is honoured.
-                    active = held_storage.lock_for_destruction(conn)
-                    kept = held_storage.HeldRows(0, ())
-                    if exists and exists[0]:
-                        kept = held_storage.hold_expired_rows(
-                            conn, category, pname, active, self.instant, remove=False
-                        )
-                        conn.execute(template("drop_partition", partition=sql.Identifier(pname)))
-                    row = conn.execute(query("unregister_partition"), {"name": pname}).fetchone()
-                    action.held = kept.rows
-                    action.rows = max((int(row[0]) if row else 0) - kept.rows, 0)
-                    audit.record(
-                        conn,
-                        audit_entries.partition_dropped(
-                            pass_id=self.pass_id,
-                            category=category,
-                            partition=pname,
-                            rows=action.rows,
-                            held=kept.rows,
-                            hold_ids=kept.hold_ids,
-                            expiry_from=action.range_start,
-                            expiry_to=action.range_end,
-                            policy=self.policy,
-                        ),
-                    )
-            action.status = "done"
-        except StorageError as exc:
-            status = interruption(exc)
-            if status is None:
-                raise
-            return self._interrupted(status, exc, action)
-        return None
+        if pname in attached:
+            if attached[pname]:
+                # A detach interrupted between its two phases: finish it.
+                conn.execute(template("detach_finalize", **ident))
+            else:
+                conn.execute(query("set_partition_state"), {"state": "detaching", "name": pname})
+                conn.execute(template("detach_concurrently", **ident))
+            conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
+        exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
+        with conn.transaction():
+            # First in the transaction: lock out hold changes and re-read the
+            # active holds, so that a hold committed before now is honoured.
+            active = held_storage.lock_for_destruction(conn)
+            kept = held_storage.HeldRows(0, ())
+            if exists and exists[0]:
+                kept = held_storage.hold_expired_rows(
+                    conn, category, pname, active, self.instant, remove=False
+                )
+                conn.execute(template("drop_partition", partition=sql.Identifier(pname)))
+            row = conn.execute(query("unregister_partition"), {"name": pname}).fetchone()
+            action.held = kept.rows
+            action.rows = max((int(row[0]) if row else 0) - kept.rows, 0)
+            audit.record(
+                conn,
+                audit_entries.partition_dropped(
+                    pass_id=self.pass_id,
+                    category=category,
+                    partition=pname,
+                    rows=action.rows,
+                    held=kept.rows,
+                    hold_ids=kept.hold_ids,
+                    expiry_from=action.range_start,
+                    expiry_to=action.range_end,
+                    policy=self.policy,
+                ),
+            )
 
     def _delete_rows(self, action: PartitionAction) -> str | None:
         # Like _drop: what interrupted it, batches committed before stay counted.
+        return self._attempt(
+            action,
+            f"delete expired rows of {action.partition}",
+            lambda: self._delete_batches(action),
+        )
+
+    def _delete_batches(self, action: PartitionAction) -> None:
         conn, category = self.conn, self.category
         ident = sql.Identifier(action.partition)
+        while True:
+            with conn.transaction():
+                # Each batch re-reads the holds under the lock and first moves
+                # the covered expired rows out, so the DELETE finds none.
+                active = held_storage.lock_for_destruction(conn)
+                kept = held_storage.hold_expired_rows(
+                    conn, category, action.partition, active, self.instant, remove=True
+                )
+                if kept.rows:
+                    conn.execute(
+                        query("decrement_rows"), {"n": kept.rows, "name": action.partition}
+                    )
+                    action.held += kept.rows
+                row = conn.execute(
+                    template("delete_expired_batch", partition=ident),
+                    {"t": self.instant, "limit": self.delete_batch_size},
+                ).fetchone()
+                assert row is not None
+                n = int(row[0])
+                if n == 0:
+                    break
+                conn.execute(query("decrement_rows"), {"n": n, "name": action.partition})
+                audit.record(
+                    conn,
+                    audit_entries.rows_deleted(
+                        pass_id=self.pass_id,
+                        category=category,
+                        partition=action.partition,
+                        rows=n,
+                        expiry_from=row[1],
+                        expiry_to=row[2],
+                        purge_instant=self.instant,
+                        policy=self.policy,
+                    ),
+                )
+            action.rows += n
+            if n < self.delete_batch_size:
+                break
+
+    def _attempt(self, action: PartitionAction, what: str, work: Callable[[], None]) -> str | None:
+        """Run ``work`` (``what`` names it in errors) and mark ``action`` done.
+
+        Returns what interrupted it (the action is then contended or timed_out); any other
+        error propagates and fails the category.
+        """
         try:
-            with wrap_errors(f"delete expired rows of {action.partition}"):
-                while True:
-                    with conn.transaction():
-                        # Each batch re-reads the holds under the lock and first moves
-                        # the covered expired rows out, so the DELETE finds none.
-                        active = held_storage.lock_for_destruction(conn)
-                        kept = held_storage.hold_expired_rows(
-                            conn, category, action.partition, active, self.instant, remove=True
-                        )
-                        if kept.rows:
-                            conn.execute(
-                                query("decrement_rows"), {"n": kept.rows, "name": action.partition}
-                            )
-                            action.held += kept.rows
-                        row = conn.execute(
-                            template("delete_expired_batch", partition=ident),
-                            {"t": self.instant, "limit": self.delete_batch_size},
-                        ).fetchone()
-                        assert row is not None
-                        n = int(row[0])
-                        if n == 0:
-                            break
-                        conn.execute(query("decrement_rows"), {"n": n, "name": action.partition})
-                        audit.record(
-                            conn,
-                            audit_entries.rows_deleted(
-                                pass_id=self.pass_id,
-                                category=category,
-                                partition=action.partition,
-                                rows=n,
-                                expiry_from=row[1],
-                                expiry_to=row[2],
-                                purge_instant=self.instant,
-                                policy=self.policy,
-                            ),
-                        )
-                    action.rows += n
-                    if n < self.delete_batch_size:
-                        break
+            with wrap_errors(what):
+                work()
             action.status = "done"
         except StorageError as exc:
             status = interruption(exc)

@@ -133,29 +133,26 @@ class CategoryReport:
             self.outcome = OUTCOME_NOTHING
         self.error = "; ".join(notes) or None
 
-    def summary(self) -> dict[str, Any]:
-        """The counts the pass's audit entry keeps (no per-partition actions)."""
-        return {
+    def _fields(self, *, held_purged: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "outcome": self.outcome,
             "error": self.error,
             "partitions_dropped": self.partitions_dropped,
             "rows_purged": self.rows_purged,
             "rows_held": self.rows_held,
-            "contended": self.contended,
         }
+        if held_purged:
+            out["held_purged"] = self.held_purged
+        out["contended"] = self.contended
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The counts the pass's audit entry keeps (no per-partition actions)."""
+        return self._fields(held_purged=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            "outcome": self.outcome,
-            "error": self.error,
-            "partitions_dropped": self.partitions_dropped,
-            "rows_purged": self.rows_purged,
-            "rows_held": self.rows_held,
-            "held_purged": self.held_purged,
-            "contended": self.contended,
-            "actions": [a.as_dict() for a in self.actions],
-        }
+        return {**self._fields(held_purged=True), "actions": [a.as_dict() for a in self.actions]}
 
 
 @dataclass

@@ -64,7 +64,7 @@ class Leadership:
                 if self.is_leader:
                     return True
             else:
-                self._conn = connect(self.conninfo, autocommit=True, role="leader")
+                self._conn = connect(self.conninfo, autocommit=True, application="leader")
                 self.is_leader = False
             row = self._conn.execute(query("try_lock"), {"key": LEADER_LOCK}).fetchone()
             self.is_leader = bool(row and row[0])

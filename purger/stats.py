@@ -32,8 +32,8 @@ class Stats:
         self.policy = policy
         self.metrics = metrics
 
-    def _connect(self, role: str) -> psycopg.Connection[Any]:
-        return connect(self.conninfo, autocommit=True, role=role)
+    def _connect(self, application: str) -> psycopg.Connection[Any]:
+        return connect(self.conninfo, autocommit=True, application=application)
 
     # -- what `purger stats` shows -------------------------------------------------
     def show(self) -> dict[str, Any]:

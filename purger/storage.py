@@ -75,12 +75,12 @@ class Storage:
         conninfo: str,
         policy: RetentionPolicy,
         granularity: timedelta = timedelta(days=1),
-        role: str = "storage",
+        application: str = "storage",
     ) -> None:
         self.conninfo = conninfo
         self.policy = policy
         self.partitions = PartitionManager(granularity)
-        self.role = role
+        self.application = application
         self._conn: psycopg.Connection[Any] | None = None
         self._staging: set[str] = set()
 
@@ -89,7 +89,7 @@ class Storage:
     def conn(self) -> psycopg.Connection[Any]:
         """The open connection, (re)connecting when needed."""
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.conninfo, role=self.role)
+            self._conn = connect(self.conninfo, application=self.application)
             self._staging.clear()
         return self._conn
 

@@ -6,9 +6,9 @@ import argparse
 import os
 import random
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+from harness.loopback import require_loopback
+
 DEFAULT_KAFKA = "127.0.0.1:19092"
 DEFAULT_DATABASE = "postgresql://purger:purger@127.0.0.1:5432/purger"
 
@@ -106,17 +106,6 @@ def _float(args: argparse.Namespace, knob: str) -> float:
     return value
 
 
-def _loopback(url_or_hosts: str, what: str) -> None:
-    """Refuse any address that is not on this machine: the soak run never leaves loopback."""
-    if "://" in url_or_hosts:
-        hosts = [urlsplit(url_or_hosts).hostname or ""]
-    else:
-        hosts = [h.strip().rsplit(":", 1)[0].strip("[]") for h in url_or_hosts.split(",")]
-    for host in hosts:
-        if host not in LOOPBACK:
-            raise SoakConfigError(f"{what} must be on loopback (127.0.0.1), not {host!r}")
-
-
 def parser() -> argparse.ArgumentParser:
     """Flags; each defaults to its SOAK_* variable, then to the built-in default."""
     p = argparse.ArgumentParser(
@@ -168,8 +157,9 @@ def load_config(argv: list[str] | None = None) -> SoakConfig:
         or os.environ.get("PURGER_TEST_DATABASE_URL")
         or DEFAULT_DATABASE
     )
-    _loopback(kafka, "the Kafka bootstrap servers")
-    _loopback(database, "the PostgreSQL URL")
+    # The soak run never leaves loopback.
+    require_loopback(kafka, "the Kafka bootstrap servers", SoakConfigError)
+    require_loopback(database, "the PostgreSQL URL", SoakConfigError)
     return SoakConfig(
         seconds=_float(args, "SOAK_SECONDS"),
         seed=int(seed) if seed is not None else random.SystemRandom().randrange(10**9),

@@ -22,11 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import yaml
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from psycopg import sql
 
+from harness import kafka_cleanup
+from harness.run_policy import write_run_policy
 from purger.partitions import held_table, parent_table
 from purger.policy import RetentionPolicy, load_policy
 from soak.config import SoakConfig, SoakError
@@ -34,7 +35,6 @@ from soak.config import SoakConfig, SoakError
 log = logging.getLogger("soak")
 
 REPO = Path(__file__).resolve().parents[1]
-POLICY_TEMPLATE = REPO / "config" / "retention.yaml"
 
 WITNESS_DDL = """
 CREATE SCHEMA soak;
@@ -70,21 +70,12 @@ class Workspace:
         self.dir = Path(tempfile.mkdtemp(prefix=f"soak-{self.run_id}-"))
         self.db_name = f"purger_soak_{self.run_id}"
         self.group = f"soak.{self.run_id}"
-        self.policy_file = self._write_policy()
+        self.policy_file = write_run_policy(self.dir, f"soak.{self.run_id}")
         self.policy: RetentionPolicy = load_policy(self.policy_file)
         self.database_created = False
         self.topics: list[str] = []
 
     # -- names and environment -------------------------------------------------------------
-    def _write_policy(self) -> Path:
-        # The project's policy with every topic renamed into this run's namespace.
-        data: dict[str, Any] = yaml.safe_load(POLICY_TEMPLATE.read_text(encoding="utf-8"))
-        for category in data["categories"].values():
-            category["topic"] = f"soak.{self.run_id}.{category['topic']}"
-        path = self.dir / "retention.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        return path
-
     def database_url(self, name: str | None = None) -> str:
         """The URL of this run's database (or of ``name``) on the configured server."""
         parts = urlsplit(self.config.database_url)
@@ -168,14 +159,9 @@ class Workspace:
     def create_topics(self) -> None:
         """The category and dead-letter topics, ``topic_partitions`` partitions each."""
         names = self.source_topics() + self.dead_letter_topics()
-        spec = {"num_partitions": self.config.topic_partitions, "replication_factor": 1}
-        admin = self.kafka_admin()
-        try:
-            self.topics += names
-            admin.create_topics({name: dict(spec) for name in names}, wait_for_metadata=True)
-            admin.wait_for_topics(names, timeout_ms=30000)
-        finally:
-            admin.close()
+        kafka_cleanup.create_topics(
+            self.kafka_admin, names, self.config.topic_partitions, self.topics
+        )
 
     # -- cleanup ----------------------------------------------------------------------------
     def close(self, *, keep_logs: bool) -> list[str]:
@@ -195,15 +181,7 @@ class Workspace:
             except psycopg.Error as exc:
                 problems.append(f"database {self.db_name}: {exc.__class__.__name__}: {exc}")
         if self.topics:
-            try:
-                admin = self.kafka_admin()
-            except KafkaError as exc:
-                problems.append(f"kafka admin: {exc.__class__.__name__}")
-            else:
-                try:
-                    problems += self._delete_kafka(admin)
-                finally:
-                    admin.close()
+            problems += kafka_cleanup.with_admin(self.kafka_admin, self._delete_kafka)
         if not keep_logs:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
@@ -224,14 +202,6 @@ class Workspace:
                 problems.append(f"consumer group {self.group}: {outcome}")
                 break
             time.sleep(2)  # the broker evicts dead members on its own clock: poll
-        try:
-            response = admin.delete_topics(self.topics, timeout_ms=30000, raise_errors=False)
-        except KafkaError as exc:
-            problems.append(f"topics: {exc.__class__.__name__}")
-        else:
-            for topic in response.get("topics", []):
-                # 3: UNKNOWN_TOPIC_OR_PARTITION, already gone.
-                if topic.get("error_code") not in (0, 3):
-                    problems.append(f"topic {topic.get('name')}: {topic.get('error_message')}")
+        problems += kafka_cleanup.delete_topics(admin, self.topics)
         self.topics.clear()
         return problems

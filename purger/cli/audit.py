@@ -16,7 +16,7 @@ from purger.records import parse_timestamp
 
 
 def cmd_audit_verify(ctx: Context) -> int:
-    with connect(ctx.settings.conninfo(), autocommit=True, role="audit") as conn:
+    with connect(ctx.settings.conninfo(), autocommit=True, application="audit") as conn:
         result = audit.verify(conn)
     if ctx.args.json:
         print_json(result.as_dict())
@@ -38,7 +38,9 @@ def cmd_audit_export(ctx: Context) -> int:
             if ctx.args.output
             else sys.stdout
         )
-        conn = stack.enter_context(connect(ctx.settings.conninfo(), autocommit=True, role="audit"))
+        conn = stack.enter_context(
+            connect(ctx.settings.conninfo(), autocommit=True, application="audit")
+        )
         for line in audit.export(conn, since):
             out.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
     return EXIT_OK

@@ -68,9 +68,11 @@ class Context:
             delete_batch_size=s.delete_batch_size,
         )
 
-    def storage(self, role: str = "cli") -> Storage:
+    def storage(self, application: str = "cli") -> Storage:
         """A storage handle."""
-        return Storage(self.settings.conninfo(), self.policy, self.settings.granularity, role)
+        return Storage(
+            self.settings.conninfo(), self.policy, self.settings.granularity, application
+        )
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ def _timestamp(value: str | None, flag: str) -> datetime | None:
 
 
 def _conn(ctx: Context) -> Any:
-    return connect(ctx.settings.conninfo(), autocommit=True, role="holds")
+    return connect(ctx.settings.conninfo(), autocommit=True, application="holds")
 
 
 def _scope_summary(hold: hold_registry.Hold) -> str:

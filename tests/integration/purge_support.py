@@ -49,6 +49,17 @@ def _connected(target: Target) -> Iterator[psycopg.Connection[Any]]:
         yield target
 
 
+@contextlib.contextmanager
+def blocking_session(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A session whose open transaction (and its locks) the test controls; rolled back after."""
+    conn = psycopg.connect(url)
+    try:
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def midnight(instant: datetime) -> datetime:
     """The UTC day boundary at or before ``instant`` (a P1D partition boundary)."""
     return range_containing(instant, DAY)[0]

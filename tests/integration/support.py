@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +18,11 @@ import psycopg
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from purger.metrics import Metrics
+from purger.policy import RetentionPolicy
 from purger.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,3 +129,68 @@ def stable_members(bootstrap: str, group: str) -> int:
     if str(described.get("group_state", "")).lower() != "stable":
         return 0
     return len(described.get("members") or [])
+
+
+def ingest_metrics(policy: RetentionPolicy, registry: CollectorRegistry | None = None) -> Metrics:
+    """Metrics of every category and topic of ``policy`` on ``registry`` (else a private one)."""
+    return Metrics(
+        registry or CollectorRegistry(),
+        list(policy.categories),
+        [c.topic for c in policy.categories.values()],
+    )
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET; (0, "") when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@contextmanager
+def running_purger(
+    settings: Settings,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stop: Callable[[subprocess.Popen[str]], None] = _kill,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`purger run ARGS` on a free HTTP port, once /readyz answers 200: its base URL and process.
+
+    ``stop`` ends it afterwards (by default: SIGKILL if it still runs).
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "purger.cli", "run", *args],
+        env={**os.environ, **settings_env(settings), "PURGER_HTTP_PORT": str(port), **(env or {})},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or http_get(f"{base}/readyz")[0] == 200,
+            what="/readyz to answer 200",
+        )
+        assert proc.poll() is None, proc.communicate()[1]
+        yield base, proc
+    finally:
+        stop(proc)

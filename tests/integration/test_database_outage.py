@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -24,11 +23,16 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from consumers.service import consume
-from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
 from purger.storage import Storage
-from tests.integration.support import committed_offsets, count_rows, wait_until
+from tests.integration.support import (
+    committed_offsets,
+    count_rows,
+    free_port,
+    ingest_metrics,
+    wait_until,
+)
 from tests.integration.test_ingest import message
 
 pytestmark = pytest.mark.integration
@@ -100,18 +104,12 @@ class PrivateServer:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def private_server() -> Iterator[PrivateServer]:
     """A running private PostgreSQL server, removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="purger-pg-"))
     root.chmod(0o777)  # the postgres user writes its socket and log here
-    server = PrivateServer(_bindir(), root, _free_port())
+    server = PrivateServer(_bindir(), root, free_port())
     try:
         server.init()
         server.start()
@@ -151,9 +149,7 @@ def test_a_postgres_restart_during_ingestion_loses_nothing(
         producer.send(topics["cdr"], message(f"r{i:05d}", recent), partition=i % 4)
     producer.flush()
     registry = CollectorRegistry()
-    metrics = Metrics(
-        registry, list(policy.categories), [c.topic for c in policy.categories.values()]
-    )
+    metrics = ingest_metrics(policy, registry)
     result: dict[str, Any] = {}
     consumer = threading.Thread(
         target=lambda: result.update(

@@ -11,6 +11,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,13 +24,18 @@ from psycopg import sql
 from consumers.deadletter import MAX_LETTER_BYTES
 from consumers.loop import ConsumerWorker
 from consumers.service import consume
-from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.records import DEAD_LETTER_REASONS
 from purger.settings import Settings
 from purger.storage import Storage
 from tests.integration.conftest import SettingsFactory
-from tests.integration.support import committed_offsets, count_rows, read_topic, wait_until
+from tests.integration.support import (
+    committed_offsets,
+    count_rows,
+    ingest_metrics,
+    read_topic,
+    wait_until,
+)
 from tests.integration.test_ingest import message
 
 pytestmark = pytest.mark.integration
@@ -73,11 +79,11 @@ KILLERS: dict[str, bytes] = {
 }
 
 
-def _metrics(policy: RetentionPolicy, registry: CollectorRegistry | None = None) -> Metrics:
-    return Metrics(
-        registry or CollectorRegistry(),
-        list(policy.categories),
-        [c.topic for c in policy.categories.values()],
+def _consume_until_idle(
+    settings: Settings, policy: RetentionPolicy, registry: CollectorRegistry | None = None
+) -> dict[str, Any]:
+    return consume(
+        settings, policy, ingest_metrics(policy, registry), threading.Event(), until_idle=True
     )
 
 
@@ -105,7 +111,7 @@ def test_each_message_that_stopped_the_worker_is_dead_lettered_and_ingestion_goe
         producer.send(topics["cdr"], value, key=b"k", partition=0)
     producer.flush()
 
-    summary = consume(settings, policy, _metrics(policy), threading.Event(), until_idle=True)
+    summary = _consume_until_idle(settings, policy)
 
     assert summary["errors"] == []
     assert summary["categories"]["cdr"]["stored"] == 2
@@ -163,9 +169,7 @@ def test_a_record_the_database_refuses_is_dead_lettered_with_its_key_and_value(
     producer.flush()
     registry = CollectorRegistry()
 
-    summary = consume(
-        settings, policy, _metrics(policy, registry), threading.Event(), until_idle=True
-    )
+    summary = _consume_until_idle(settings, policy, registry)
 
     assert summary["errors"] == []
     assert count_rows(settings.conninfo(), "cdr") == 40
@@ -182,12 +186,26 @@ def test_a_record_the_database_refuses_is_dead_lettered_with_its_key_and_value(
     assert registry.get_sample_value("purger_ingest_retries_total", {"kind": "systemic"}) == 0
 
 
-def _run_worker(settings: Settings, policy: RetentionPolicy, metrics: Metrics) -> Any:
+@contextmanager
+def _worker_running(
+    settings: Settings, policy: RetentionPolicy, registry: CollectorRegistry
+) -> Iterator[None]:
+    """A ConsumerWorker thread with metrics on ``registry``; stopped, and found stopped, after."""
     stop = threading.Event()
-    worker = ConsumerWorker(settings, policy, metrics, stop)
+    worker = ConsumerWorker(settings, policy, ingest_metrics(policy, registry), stop)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    return stop, thread, worker
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+
+
+def _assert_nothing_dead_lettered(services: Any, policy: RetentionPolicy) -> None:
+    dlq = policy.category("cdr").dead_letter_topic
+    assert read_topic(services.kafka_bootstrap, dlq, 1, timeout=3) == []
 
 
 def _systemic(registry: CollectorRegistry) -> float:
@@ -207,8 +225,7 @@ def test_a_database_that_refuses_every_row_is_retried_not_dead_lettered(
         producer.send(topics["cdr"], message(f"r{i}", RECENT), key=b"k", partition=1)
     producer.flush()
     registry = CollectorRegistry()
-    stop, thread, _ = _run_worker(settings, policy, _metrics(policy, registry))
-    try:
+    with _worker_running(settings, policy, registry):
         wait_until(lambda: _systemic(registry) >= 2, what="systemic retries")
         assert registry.get_sample_value("purger_ingest_faulted", {"kind": "systemic"}) == 1
         assert count_rows(settings.conninfo(), "cdr") == 0
@@ -226,13 +243,8 @@ def test_a_database_that_refuses_every_row_is_retried_not_dead_lettered(
             ),
             what="offsets committed",
         )
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive()
     assert registry.get_sample_value("purger_ingest_faulted", {"kind": "systemic"}) == 0
-    dlq = policy.category("cdr").dead_letter_topic
-    assert read_topic(services.kafka_bootstrap, dlq, 1, timeout=3) == []
+    _assert_nothing_dead_lettered(services, policy)
 
 
 def test_a_missing_grant_stops_ingestion_until_it_is_granted(
@@ -266,8 +278,7 @@ def test_a_missing_grant_stops_ingestion_until_it_is_granted(
                 producer.send(topics["cdr"], message(f"p{i}", RECENT), partition=2)
             producer.flush()
             registry = CollectorRegistry()
-            stop, thread, _ = _run_worker(limited, policy, _metrics(policy, registry))
-            try:
+            with _worker_running(limited, policy, registry):
                 wait_until(lambda: _systemic(registry) >= 2, what="systemic retries")
                 assert count_rows(url, "cdr") == 0
                 assert (
@@ -278,12 +289,7 @@ def test_a_missing_grant_stops_ingestion_until_it_is_granted(
                 )
                 admin.execute(sql.SQL("GRANT INSERT ON purger.records_cdr TO {}").format(ident))
                 wait_until(lambda: count_rows(url, "cdr") == 5, what="rows stored after GRANT")
-            finally:
-                stop.set()
-                thread.join(60)
-            assert not thread.is_alive()
-            dlq = policy.category("cdr").dead_letter_topic
-            assert read_topic(services.kafka_bootstrap, dlq, 1, timeout=3) == []
+            _assert_nothing_dead_lettered(services, policy)
         finally:
             admin.execute(sql.SQL("DROP OWNED BY {}").format(ident))
             admin.execute(sql.SQL("DROP ROLE {}").format(ident))
@@ -306,9 +312,7 @@ def test_a_message_near_the_size_limit_is_dead_lettered_truncated(
         big.close()
     registry = CollectorRegistry()
 
-    summary = consume(
-        settings, policy, _metrics(policy, registry), threading.Event(), until_idle=True
-    )
+    summary = _consume_until_idle(settings, policy, registry)
 
     assert summary["errors"] == []
     assert count_rows(settings.conninfo(), "cdr") == 1
@@ -334,7 +338,7 @@ def test_tombstones_are_dead_lettered_with_their_own_reason(
     producer.send(topics["cdr"], message("after", RECENT), partition=0)
     producer.flush()
 
-    consume(settings, policy, _metrics(policy), threading.Event(), until_idle=True)
+    _consume_until_idle(settings, policy)
 
     reason, key, value, _ = _letters(services, policy, 1)[0]
     assert (reason, key, value) == ("tombstone", b"gone", None)

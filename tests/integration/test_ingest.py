@@ -20,13 +20,13 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from consumers.service import consume
-from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
 from tests.integration.support import (
     REPO,
     committed_offsets,
     count_rows,
+    ingest_metrics,
     purger_cli,
     read_topic,
     settings_env,
@@ -48,13 +48,6 @@ def message(record_id: str, occurred: datetime, **subjects: Any) -> bytes:
         "call": {"duration_s": 42},
     }
     return json.dumps(body).encode()
-
-
-def metrics_for(policy: RetentionPolicy) -> Metrics:
-    """Metrics on a private registry."""
-    return Metrics(
-        CollectorRegistry(), list(policy.categories), [c.topic for c in policy.categories.values()]
-    )
 
 
 def rows(url: str, category: str) -> list[tuple[Any, ...]]:
@@ -85,7 +78,7 @@ def test_each_category_is_stored_with_its_expiry(
         sent[name] = sorted([sample["record_id"], f"{name}-clamp"])
     producer.flush()
 
-    summary = consume(settings, policy, metrics_for(policy), threading.Event(), until_idle=True)
+    summary = consume(settings, policy, ingest_metrics(policy), threading.Event(), until_idle=True)
 
     assert {n: c["stored"] for n, c in summary["categories"].items()} == {n: 2 for n in topics}
     for name in topics:
@@ -108,7 +101,7 @@ def test_tenant_override_sets_a_longer_expiry(
     producer.send(topics["call_recordings"], message("rec-default", occurred))
     producer.flush()
 
-    summary = consume(settings, policy, metrics_for(policy), threading.Event(), until_idle=True)
+    summary = consume(settings, policy, ingest_metrics(policy), threading.Event(), until_idle=True)
 
     counts = summary["categories"]["call_recordings"]
     # 100 days old: past the default 90 days, within the tenant's one year.
@@ -137,9 +130,7 @@ def test_bad_messages_are_dead_lettered_and_the_partition_keeps_flowing(
         producer.send(topic, value, partition=0)
     producer.flush()
     registry = CollectorRegistry()
-    metrics = Metrics(
-        registry, list(policy.categories), [c.topic for c in policy.categories.values()]
-    )
+    metrics = ingest_metrics(policy, registry)
 
     with caplog.at_level(logging.DEBUG):
         summary = consume(settings, policy, metrics, threading.Event(), until_idle=True)
@@ -194,9 +185,7 @@ def test_expired_on_arrival_is_counted_not_stored(
     producer.send(topics["cdr"], message("fresh", now - timedelta(days=2)), partition=1)
     producer.flush()
     registry = CollectorRegistry()
-    metrics = Metrics(
-        registry, list(policy.categories), [c.topic for c in policy.categories.values()]
-    )
+    metrics = ingest_metrics(policy, registry)
 
     summary = consume(settings, policy, metrics, threading.Event(), until_idle=True)
 
@@ -239,7 +228,7 @@ def test_a_batch_redelivered_after_sigkill_is_stored_once(
     assert stored_before > 0, "the crash came before the database commit"
     assert committed_offsets(services.kafka_bootstrap, settings.kafka_group_id, topics["cdr"]) == {}
 
-    summary = consume(settings, policy, metrics_for(policy), threading.Event(), until_idle=True)
+    summary = consume(settings, policy, ingest_metrics(policy), threading.Event(), until_idle=True)
 
     cdr = summary["categories"]["cdr"]
     # Kafka redelivered the stored batch; the database kept one row per record.
@@ -259,7 +248,7 @@ def test_two_workers_share_the_partitions_and_store_each_record_once(
     result: dict[str, Any] = {}
 
     def run() -> None:
-        result.update(consume(settings, policy, metrics_for(policy), stop, workers=2))
+        result.update(consume(settings, policy, ingest_metrics(policy), stop, workers=2))
 
     consumer = threading.Thread(target=run)
     consumer.start()
@@ -337,7 +326,7 @@ def test_stats_reports_each_category(
     producer.send(topics["cookie_stats"], message("c1", recent))
     producer.send(topics["cookie_stats"], message("c2", recent - timedelta(days=3)))
     producer.flush()
-    consume(settings, policy, metrics_for(policy), threading.Event(), until_idle=True)
+    consume(settings, policy, ingest_metrics(policy), threading.Event(), until_idle=True)
 
     result = purger_cli("stats", "--json", env=settings_env(settings))
 

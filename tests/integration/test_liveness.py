@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import pytest
 
 from purger.db import KEEPALIVES_IDLE_SECONDS, connect
 from purger.settings import Settings
-from tests.integration.support import REPO, settings_env, wait_until
-from tests.integration.test_service import _free_port, _get
+from tests.integration.support import http_get, running_purger, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,44 +35,32 @@ def _workers(parent: int) -> list[int]:
     return out
 
 
+def _resume_and_terminate(proc: subprocess.Popen[str]) -> None:
+    for pid in _workers(proc.pid) if proc.poll() is None else []:
+        os.kill(pid, signal.SIGCONT)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture
 def two_workers(
     settings: Settings, topics: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`purger run --no-scheduler --workers 2` with a short liveness timeout."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "PURGER_HTTP_PORT": str(port),
-        "PURGER_LIVENESS_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "purger.cli", "run", "--no-scheduler", "--workers", "2"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or _get(f"{base}/readyz")[0] == 200,
-            what="/readyz to answer 200",
-        )
-        assert proc.poll() is None, proc.communicate()[1]
-        yield base, proc
-    finally:
-        for pid in _workers(proc.pid) if proc.poll() is None else []:
-            os.kill(pid, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+    with running_purger(
+        settings,
+        "--no-scheduler",
+        "--workers",
+        "2",
+        env={"PURGER_LIVENESS_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)},
+        stop=_resume_and_terminate,
+    ) as running:
+        yield running
 
 
 def test_healthz_fails_while_a_worker_makes_no_progress(
@@ -82,22 +68,22 @@ def test_healthz_fails_while_a_worker_makes_no_progress(
 ) -> None:
     base, proc = two_workers
     workers = wait_until(lambda: len(_workers(proc.pid)) == 2 and _workers(proc.pid))
-    wait_until(lambda: _get(f"{base}/healthz")[0] == 200, what="/healthz 200 at start")
+    wait_until(lambda: http_get(f"{base}/healthz")[0] == 200, what="/healthz 200 at start")
 
     os.kill(workers[0], signal.SIGSTOP)
     _status, body = wait_until(
-        lambda: (r := _get(f"{base}/healthz"))[0] == 503 and r,
+        lambda: (r := http_get(f"{base}/healthz"))[0] == 503 and r,
         timeout=TIMEOUT_SECONDS * 4,
         what="/healthz 503 for the frozen worker",
     )
     assert len(json.loads(body)["stalled_workers"]) == 1
     os.kill(workers[0], signal.SIGCONT)
-    wait_until(lambda: _get(f"{base}/healthz")[0] == 200, what="/healthz 200 again")
+    wait_until(lambda: http_get(f"{base}/healthz")[0] == 200, what="/healthz 200 again")
     assert proc.poll() is None
 
 
 def test_every_connection_has_client_and_server_keepalives(settings: Settings) -> None:
-    with connect(settings.conninfo(), role="test") as conn:
+    with connect(settings.conninfo(), application="test") as conn:
         params = conn.info.get_parameters()
         assert params["keepalives"] == "1"
         assert params["keepalives_idle"] == str(KEEPALIVES_IDLE_SECONDS)

@@ -117,7 +117,7 @@ def store(
 ) -> None:
     """Store one record per expiry with ``granularity`` (a fresh worker); all must go in."""
     items = [envelope(e) for e in expiries]
-    with Storage(url, policy, granularity, role="test") as storage:
+    with Storage(url, policy, granularity, application="test") as storage:
         result = storage.store_batch(CATEGORY, items)
     assert result.inserted == len(items), result
 

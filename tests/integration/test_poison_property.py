@@ -217,18 +217,12 @@ def test_any_message_ends_stored_counted_or_dead_lettered(
     assert not stored & set(by_offset), "a message both stored and dead-lettered"
 
 
-profiles.register_profile(
-    "ci",
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
-profiles.register_profile(
-    "soak",
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
+for name in ("ci", "soak"):
+    profiles.register_profile(
+        name,
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
 settings_for_profile = profiles.get_profile(PROFILE)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from tests.integration.purge_support import (
     Replica,
     audit_entries,
     audited_rows,
+    blocking_session,
     detach_pending,
     envelope,
     make_purger,
@@ -64,7 +63,7 @@ def _boundary_expired(count: int) -> list[datetime]:
 def _store_live(url: str, policy: RetentionPolicy, category: str, count: int) -> list[str]:
     """Records that expire long after the test, stored the production way."""
     items = [envelope(utcnow() + timedelta(days=2, minutes=i)) for i in range(count)]
-    with Storage(url, policy, DAY, role="test") as storage:
+    with Storage(url, policy, DAY, application="test") as storage:
         assert storage.store({category: items})[category].inserted == count
     return [i.record.record_id for i in items]
 
@@ -75,17 +74,6 @@ def _purge_backends(url: str) -> list[tuple[Any, ...]]:
             "SELECT pid, wait_event_type, wait_event, state FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name = 'purger:purge'"
         ).fetchall()
-
-
-@contextmanager
-def _blocker(url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose open transaction the test controls (rolled back at the end)."""
-    conn = psycopg.connect(url)
-    try:
-        yield conn
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def _verify_cli(env: dict[str, str]) -> None:
@@ -117,7 +105,7 @@ def test_a_pass_killed_mid_way_is_completed_by_the_next_without_double_counting(
     # The killed pass may wait as long as it likes; a dead client ends its backend.
     env = purge_env(settings, lock_timeout_ms=600000, delete_batch_size=2)
     env["PGOPTIONS"] = "-c client_connection_check_interval=100"
-    with _blocker(url) as blocker:
+    with blocking_session(url) as blocker:
         if at_detach:
             # A reader of the parent: DETACH ... CONCURRENTLY marks the partition
             # 'detach pending', commits, then waits for this transaction to end.
@@ -195,7 +183,7 @@ def test_ingestion_continues_while_a_pass_drops_partitions(
     pass_window: list[float] = []
 
     def writer() -> None:
-        with Storage(url, policy, DAY, role="writer") as storage:
+        with Storage(url, policy, DAY, application="writer") as storage:
             n = 0
             while not stop.is_set():
                 n += 1
@@ -256,7 +244,7 @@ def test_records_arriving_while_passes_run_obey_the_invariant(
 
     def writer() -> None:
         # One record per batch, so that BatchResult says whether it was stored.
-        with Storage(url, policy, DAY, role="writer") as storage:
+        with Storage(url, policy, DAY, application="writer") as storage:
             n = 0
             while not stop.is_set():
                 n += 1
@@ -314,7 +302,7 @@ def test_a_batch_that_read_its_clock_before_t_commits_before_the_pass_deletes(
     # pass must wait for the batch and delete the record, not miss it.
     url = settings.conninfo()
     item = envelope(utcnow() + timedelta(seconds=1))
-    storage = _PausingStorage(url, policy, DAY, role="writer")
+    storage = _PausingStorage(url, policy, DAY, application="writer")
     results: list[Any] = []
     writer = threading.Thread(target=lambda: results.append(storage.store({"cdr": [item]})))
     writer.start()
@@ -436,7 +424,7 @@ def test_stats_show_overdue_and_the_last_pass_and_purge_exit_codes_tell_outcomes
     # A partition that cannot be locked in time: contended, never reported as done.
     victim_ids = seed_backdated(url, "cdr", _past_days(range(9, 10), 4))
     victim = partition_name("cdr", midnight(utcnow()) - 9 * DAY)
-    with _blocker(url) as blocker:
+    with blocking_session(url) as blocker:
         blocker.execute(
             sql.SQL("LOCK TABLE purger.{} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(victim))
         )

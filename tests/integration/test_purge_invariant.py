@@ -156,7 +156,7 @@ def test_no_expired_record_survives_a_pass_and_no_live_record_is_touched(
             assert results[category].inserted == len(items), results
 
     with (
-        Storage(url, policy, DAY, role="test") as storage,
+        Storage(url, policy, DAY, application="test") as storage,
         psycopg.connect(url, autocommit=True) as db,
     ):
         store(scenario.initial)

@@ -30,6 +30,7 @@ from purger.settings import Settings
 from tests.integration.purge_support import (
     DAY,
     audit_entries,
+    blocking_session,
     make_purger,
     midnight,
     purge_env,
@@ -94,17 +95,6 @@ def _last_pass(url: str) -> dict[str, Any]:
 
 def _dropped(url: str) -> set[str]:
     return {e["content"]["partition"] for e in audit_entries(url, "partition_dropped")}
-
-
-@contextmanager
-def _blocker(url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A session whose open transaction (and its locks) the test controls; rolled back after."""
-    conn = psycopg.connect(url)
-    try:
-        yield conn
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def _lock(conn: psycopg.Connection[Any], table: str, mode: str) -> None:
@@ -237,7 +227,7 @@ def test_a_partition_locked_by_another_session_makes_its_category_contended_only
     victim = _partition("interception", 9)
     env = purge_env(settings, lock_timeout_ms=300)
 
-    with _blocker(url) as blocker:
+    with blocking_session(url) as blocker:
         # A report reading the partition in a long transaction.
         _lock(blocker, victim, "ACCESS SHARE")
         code, report = _cli_purge(env)
@@ -278,7 +268,7 @@ def test_a_lock_timeout_inside_the_hold_helpers_is_contention_not_failure(
     seeded = _seed_all(url)
     env = purge_env(settings, lock_timeout_ms=300)
 
-    with _blocker(url) as blocker:
+    with blocking_session(url) as blocker:
         if held == "hold_being_placed":
             # What placing or releasing a hold holds until it commits: every destroying
             # transaction (held_storage.lock_for_destruction) waits for it, in every category.
@@ -374,7 +364,7 @@ def test_the_pass_outcome_is_the_worst_of_its_categories(
     env = purge_env(settings, lock_timeout_ms=300, statement_timeout_ms=1000)
     others = ["--category", "call_recordings", "--category", "interception"]
 
-    with _blocker(url) as blocker, _slow_unregister(url, "interception", 5):
+    with blocking_session(url) as blocker, _slow_unregister(url, "interception", 5):
         _lock(blocker, _partition("call_recordings", 9), "ACCESS EXCLUSIVE")
         code, report = _cli_purge(env)
         outcomes = {n: c["outcome"] for n, c in report["categories"].items()}
@@ -389,7 +379,7 @@ def test_the_pass_outcome_is_the_worst_of_its_categories(
         code, report = _cli_purge(env, *others)
         assert (code, report["outcome"]) == (5, "timed_out")
 
-    with _blocker(url) as blocker:
+    with blocking_session(url) as blocker:
         _lock(blocker, _partition("call_recordings", 9), "ACCESS EXCLUSIVE")
         code, report = _cli_purge(env, *others)
         assert (code, report["outcome"]) == (4, "contended")

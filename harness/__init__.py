@@ -1,0 +1,1 @@
+"""Helpers shared by the soak run and the benchmarks (not shipped)."""
