@@ -4,7 +4,12 @@
   (``InvalidMessage``), expiry arithmetic, the database refusing that one row
   (``RecordRefused``, or any other error the row reproduces alone while a canary
   row with the same expiry is accepted). The message goes to the dead-letter
-  topic with a reason and the partition moves on.
+  topic with a reason and the partition moves on; except a message that fails
+  decoding but whose expiry (``occurred_at`` and ``tenant``, read leniently) is
+  already past: it is counted as expired on arrival
+  (``purger_records_rejected{reason="expired_on_arrival"}``), never dead-lettered
+  with its payload, and the partition moves on all the same
+  (``consumers.decoding``).
 - A *systemic fault*: the database or the broker refuses everything, whatever
   the record: permissions, schema, disk, authorisation, a missing dead-letter
   topic. The worker stops committing and retries with backoff, with
@@ -17,7 +22,8 @@
 ``classify`` sorts every exception type that decoding, kafka-python and psycopg
 (through ``purger.db``) raise; ``Retrier`` is the one place where the outage and
 systemic kinds are waited out. Poison records are never retried: the consumer
-loop isolates them (``consumers.loop``) and dead-letters them.
+loop isolates them (``consumers.loop``) and dead-letters them, or counts them as
+expired on arrival when their expiry is known and past.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Offsets move only after the database commit and after every dead letter of the
 batch is acknowledged, and only forward. Failures follow the one policy of
-``consumers.failures``: a poison record is dead-lettered and the partition moves
-on; a systemic fault or an outage is retried here, through one ``Retrier``, with
-nothing committed meanwhile.
+``consumers.failures``: a poison record is dead-lettered (or, already past its
+expiry, counted as expired on arrival) and the partition moves on; a systemic
+fault or an outage is retried here, through one ``Retrier``, with nothing
+committed meanwhile.
 """
 
 from __future__ import annotations
@@ -178,12 +179,21 @@ class ConsumerWorker:
         self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
         self.checkpoint.advance(decoded.last)
         self.commit_pending()
-        self._count(results, [*decoded.letters, *refused])
+        self._count(results, [*decoded.letters, *refused], decoded.expired)
         self.metrics.ingest_batch_duration.observe((datetime.now(UTC) - started).total_seconds())
         self.beat()
 
-    def _count(self, results: dict[str, BatchResult], letters: list[DeadLetter]) -> None:
+    def _count(
+        self,
+        results: dict[str, BatchResult],
+        letters: list[DeadLetter],
+        expired_poison: dict[str, int],
+    ) -> None:
         m = self.metrics
+        for name, count in expired_poison.items():
+            # Poison messages already past their expiry: counted, never dead-lettered.
+            self.summary.counts(name).expired_on_arrival += count
+            m.records_rejected.labels(name, REASON_EXPIRED_ON_ARRIVAL).inc(count)
         for name, result in results.items():
             counts = self.summary.counts(name)
             counts.stored += result.inserted

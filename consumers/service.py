@@ -1,4 +1,4 @@
-"""What the purger CLI asks of the Kafka side: consume, check, create topics.
+"""What the purger CLI asks of the Kafka side: consume, check, create and configure topics.
 
 Loaded by ``purger.cli`` through the ``purger.ingest`` entry point, so that the
 core package never imports this one.
@@ -14,8 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from prometheus_client import multiprocess
 
 from consumers.kafka_config import client_options
@@ -27,6 +32,13 @@ from purger.liveness import Liveness
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
+from purger.topic_retention import (
+    CONFIG_KEYS,
+    DEAD_LETTER,
+    TopicConfig,
+    creation_configs,
+    targets,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -93,29 +105,89 @@ def kafka_check(settings: Settings) -> Callable[[], None]:
     return check
 
 
-def ensure_topics(settings: Settings, policy: RetentionPolicy, partitions: int = 4) -> list[str]:
-    """Create the category and dead-letter topics that do not exist yet."""
+def _admin(settings: Settings, timeout_ms: int = 15000) -> KafkaAdminClient:
     try:
-        admin = KafkaAdminClient(**client_options(settings), request_timeout_ms=15000)
-    except KafkaTimeoutError:
+        return KafkaAdminClient(**client_options(settings), request_timeout_ms=timeout_ms)
+    except (KafkaTimeoutError, KafkaConnectionError):
         raise KafkaUnavailable(
             f"no Kafka broker answers at {settings.kafka_bootstrap_servers}"
         ) from None
+
+
+def ensure_topics(settings: Settings, policy: RetentionPolicy, partitions: int = 4) -> list[str]:
+    """Create the category and dead-letter topics that do not exist yet.
+
+    Each is created with ``retention.ms`` at the longest the policy allows it to keep
+    a record and ``cleanup.policy=delete``; dead-letter topics with
+    ``dead_letter_replication_factor`` replicas, source topics (normally the
+    producers' own, created here for the demo and tests) with one. Existing topics
+    are left as they are: ``purger topics check`` judges them.
+    """
+    admin = _admin(settings)
     created = []
     try:
         existing = set(admin.list_topics())
-        for category in policy.categories.values():
-            for topic in (category.topic, category.dead_letter_topic):
-                if topic in existing:
-                    continue
-                try:
-                    admin.create_topics([NewTopic(topic, partitions, 1)])
-                    created.append(topic)
-                except TopicAlreadyExistsError:
-                    pass
+        for target in targets(policy):
+            if target.topic in existing:
+                continue
+            replicas = settings.dead_letter_replication_factor if target.kind == DEAD_LETTER else 1
+            topic = NewTopic(
+                target.topic, partitions, replicas, topic_configs=creation_configs(target)
+            )
+            try:
+                admin.create_topics([topic])
+                created.append(target.topic)
+            except TopicAlreadyExistsError:
+                pass
     finally:
         admin.close()
     return created
+
+
+def describe_topics(settings: Settings, topics: list[str]) -> dict[str, TopicConfig | None]:
+    """The retention configs of ``topics`` as the broker applies them (None: no such topic)."""
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        present = [t for t in topics if t in existing]
+        answer: dict[str, Any] = {}
+        if present:
+            resources = [
+                ConfigResource(ConfigResourceType.TOPIC, t, configs=dict.fromkeys(CONFIG_KEYS))
+                for t in present
+            ]
+            answer = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"describing topic configs: {exc.__class__.__name__}") from exc
+    finally:
+        admin.close()
+    out: dict[str, TopicConfig | None] = {}
+    for topic in topics:
+        if topic not in existing:
+            out[topic] = None
+            continue
+        entries = answer.get(topic, {})
+        out[topic] = TopicConfig.from_values(
+            {key: entries[key].get("value") for key in CONFIG_KEYS if key in entries}
+        )
+    return out
+
+
+def alter_topics(settings: Settings, changes: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """Set ``changes`` (topic -> {config: value}) incrementally; topic -> None or the error."""
+    admin = _admin(settings)
+    out: dict[str, str | None] = {}
+    try:
+        for topic, configs in changes.items():
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs=dict(configs))
+            try:
+                result = admin.alter_configs([resource]).get("topic", {}).get(topic, "no answer")
+            except (KafkaError, ValueError) as exc:
+                result = exc.__class__.__name__
+            out[topic] = None if result == "OK" else str(result)
+    finally:
+        admin.close()
+    return out
 
 
 class MultiprocessMetrics:
@@ -140,6 +212,9 @@ class KafkaIngest:
 
     consume = staticmethod(consume)
     kafka_check = staticmethod(kafka_check)
+    ensure_topics = staticmethod(ensure_topics)
+    describe_topics = staticmethod(describe_topics)
+    alter_topics = staticmethod(alter_topics)
 
     def metrics_directory(self) -> MultiprocessMetrics:
         """A directory for the metrics of worker processes."""
@@ -155,7 +230,9 @@ __all__ = [
     "KafkaIngest",
     "KafkaUnavailable",
     "MultiprocessMetrics",
+    "alter_topics",
     "consume",
+    "describe_topics",
     "ensure_topics",
     "kafka_check",
 ]

@@ -73,7 +73,7 @@ def main() -> int:
                 soon_until = max(soon_until, category.expires_at("", occurred))
                 values.append(samples.message(name, f"demo-{run}-{name}-soon-{i}", occurred, rng))
             sent = samples.produce(producer, category.topic, [samples.encode(v) for v in values])
-            bad = [p.read_bytes() for p in sorted(BAD_SAMPLES.iterdir())]
+            bad = [samples.recent_bad_sample(p, now) for p in sorted(BAD_SAMPLES.iterdir())]
             extra = samples.produce(producer, category.topic, bad) if name == "cdr" else 0
             _say(
                 f"   {category.topic:<30} {sent} valid messages"

@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
@@ -86,3 +87,15 @@ def produce(producer: KafkaProducer, topic: str, values: Iterator[bytes] | list[
     for f in futures:
         f.get(timeout=30)
     return len(futures)
+
+
+# The instant the bad samples were written with. A broken record already past its
+# expiry is counted as expired on arrival, not dead-lettered: tests that send the
+# samples move this instant to a recent one, so that they stay bad, not expired.
+SAMPLE_INSTANT = b"2026-11-01T09:14:07"
+
+
+def recent_bad_sample(path: Path, now: datetime) -> bytes:
+    """The bad sample at ``path`` with its timestamp moved to an hour before ``now``."""
+    recent = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S").encode()
+    return path.read_bytes().replace(SAMPLE_INSTANT, recent)

@@ -4,6 +4,12 @@ An entry's content is what ``purger audit export`` hands to a regulator and what
 ``audit verify`` hashes: its keys are a published format, so they never change
 for an existing kind. Contents name partitions, categories, counts, instants and
 hold ids, never identifiers or record contents.
+
+The one exception, for privacy (migration 0005): ``hold_placed``'s scope and
+``hold_released`` carried ``scope_digest``, an unsalted sha256 of the scope from
+which a held phone number could be recovered; entries written since carry
+``scope_hmac`` (keyed per hold, unlinkable once the hold is released) instead.
+Older entries keep ``scope_digest``: the trail is append-only and hash-chained.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class Kind(enum.StrEnum):
     PARTITION_DROPPED = "partition_dropped"
     ROWS_DELETED = "rows_deleted"
     HELD_ROWS_DELETED = "held_rows_deleted"
+    PARTITION_VACUUMED = "partition_vacuumed"
     HOLD_PLACED = "hold_placed"
     HOLD_RELEASED = "hold_released"
 
@@ -130,6 +137,23 @@ def held_rows_deleted(
     )
 
 
+def partition_vacuumed(*, pass_id: str, category: str, partition: str, rows_deleted: int) -> Entry:
+    """A partition VACUUMed after the pass deleted ``rows_deleted`` rows from it.
+
+    The deleted rows' tuples are then gone from the table's pages, not merely invisible
+    (an older snapshot still open at that moment may have kept some; see the README).
+    """
+    return Entry(
+        Kind.PARTITION_VACUUMED,
+        {
+            "pass_id": pass_id,
+            "category": category,
+            "partition": partition,
+            "rows_deleted": rows_deleted,
+        },
+    )
+
+
 def purge_pass(
     *,
     pass_id: str,
@@ -168,7 +192,12 @@ def hold_placed(
     preserved: Mapping[str, int],
     destroyed_while_placing: Mapping[str, int],
 ) -> Entry:
-    """A legal hold placed; ``preserved`` counts the records it holds per category."""
+    """A legal hold placed; ``preserved`` counts the records it holds per category.
+
+    ``scope`` is ``HoldScope.audit_dict``: selector counts and ``scope_hmac``, never
+    an identifier or an unkeyed digest of one. ``case_ref`` and ``reason`` are free
+    text refused when they look like personal data.
+    """
     return Entry(
         Kind.HOLD_PLACED,
         {
@@ -191,9 +220,13 @@ def hold_released(
     released_by: str,
     release_reason: str,
     released_at: datetime | None,
-    scope_digest: str,
+    scope_hmac: str | None,
 ) -> Entry:
-    """A legal hold released; only the digest of its scope is kept."""
+    """A legal hold released; only the keyed digest of its scope as placed is kept.
+
+    ``scope_hmac`` is the HMAC of ``hold_placed``'s scope under the hold's key,
+    which the release destroys; None for a hold placed before migration 0005.
+    """
     return Entry(
         Kind.HOLD_RELEASED,
         {
@@ -202,6 +235,6 @@ def hold_released(
             "released_by": released_by,
             "release_reason": release_reason,
             "released_at": _iso(released_at),
-            "scope_digest": scope_digest,
+            "scope_hmac": scope_hmac,
         },
     )

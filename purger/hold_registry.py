@@ -8,11 +8,19 @@ wait and then see the change (see ``purger.held_storage``).
 
 The identifiers of an active hold's scope are stored in the holds table and
 shown by ``Hold.as_dict`` (operator output only); the audit entries carry the
-scope's ``audit_dict`` instead (``purger.hold_scope`` says what that reveals).
+scope's ``audit_dict`` instead: counts per selector type and an HMAC of the
+scope under the hold's own random key (``scope_hmac``). The key is stored with
+the hold, never shown, and destroyed by the release (migration 0005), so the
+HMAC can be checked (``verify_scope``) while the hold is active and is
+unlinkable afterwards. Case references and reasons are refused when they look
+like personal data (``hold_scope.free_text``): the audit trail keeps them forever.
 """
 
 from __future__ import annotations
 
+import enum
+import hmac
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +31,7 @@ import psycopg
 from purger import audit, audit_entries
 from purger.db import wrap_errors
 from purger.errors import HoldError
-from purger.hold_scope import HoldScope, iso, required_text
+from purger.hold_scope import HoldScope, free_text, iso, required_text
 from purger.policy import RetentionPolicy
 from purger.queries import query
 from purger.stored_records import count_matching, count_matching_once
@@ -145,6 +153,45 @@ class Placement:
         }
 
 
+KEY_BYTES = 32
+
+
+class ScopeCheck(enum.StrEnum):
+    """Whether a hold's stored scope matches the HMAC its placing entry audited."""
+
+    MATCHES = "matches"
+    # The stored scope or key differs from what was audited: investigate.
+    DIFFERS = "differs"
+    # Released: the key is destroyed, the audited HMAC is unlinkable by design.
+    RELEASED = "released"
+    # Placed before migration 0005: audited with an unkeyed digest, no key to check.
+    NO_KEY = "no_key"
+    # No hold_placed entry names this hold, or it carries no HMAC.
+    NOT_AUDITED = "not_audited"
+
+
+def _scope_key(conn: psycopg.Connection[Any], hold_id: int) -> bytes | None:
+    row = conn.execute(query("hold_scope_key"), {"id": hold_id}).fetchone()
+    return bytes(row[0]) if row is not None and row[0] is not None else None
+
+
+def verify_scope(conn: psycopg.Connection[Any], hold: Hold) -> ScopeCheck:
+    """Check an active hold's stored scope against the HMAC of its hold_placed entry."""
+    if not hold.active:
+        return ScopeCheck.RELEASED
+    with wrap_errors("verify legal hold scope"):
+        key = _scope_key(conn, hold.id)
+        row = conn.execute(query("hold_placed_entry"), {"id": hold.id}).fetchone()
+    audited = (row[0].get("scope") or {}).get("scope_hmac") if row is not None else None
+    if key is None:
+        return ScopeCheck.NO_KEY
+    if not isinstance(audited, str):
+        return ScopeCheck.NOT_AUDITED
+    if hmac.compare_digest(hold.scope.keyed_digest(key), audited):
+        return ScopeCheck.MATCHES
+    return ScopeCheck.DIFFERS
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
@@ -163,9 +210,11 @@ def place(
     Counts the matching records before taking the lock and again after the
     insert: a positive difference is what a concurrent pass destroyed first.
     """
-    case = required_text(case_ref, "case reference")
-    why = required_text(reason, "reason")
+    case = free_text(case_ref, "case reference (--case-ref)")
+    why = free_text(reason, "reason (--reason)")
     who = required_text(placed_by, "placed by (--by)")
+    # The hold's own key: its audited scope HMAC is unlinkable once it is destroyed.
+    key = secrets.token_bytes(KEY_BYTES)
     names = [n for n in policy.categories if scope.applies_to(n)]
     before = {name: count_matching(conn, name, scope) for name in names}
     with wrap_errors("place legal hold"), conn.transaction():
@@ -182,6 +231,7 @@ def place(
                 "occurred_from": scope.occurred_from,
                 "occurred_to": scope.occurred_to,
                 "all_records": scope.all_records,
+                "scope_key": key,
             },
         ).fetchone()
         assert row is not None
@@ -198,7 +248,7 @@ def place(
                 reason=why,
                 placed_by=who,
                 placed_at=_utc(hold.placed_at),
-                scope=scope.audit_dict(),
+                scope=scope.audit_dict(key),
                 preserved=after,
                 destroyed_while_placing=destroyed,
             ),
@@ -209,14 +259,16 @@ def place(
 def release(conn: psycopg.Connection[Any], hold_id: int, *, released_by: str, reason: str) -> Hold:
     """Release an active hold (audited); its records go at the next pass unless still held."""
     who = required_text(released_by, "released by (--by)")
-    why = required_text(reason, "release reason")
+    why = free_text(reason, "release reason (--reason)")
     with wrap_errors("release legal hold"), conn.transaction():
         conn.execute(query("holds_lock_place"))
         existing = conn.execute(query("hold_get"), {"id": hold_id}).fetchone()
         if existing is None:
             raise UnknownHold(f"no legal hold has id {hold_id}")
-        # The digest of the scope as placed: the release forgets the identifiers.
-        digest = Hold.from_row(existing).scope.digest()
+        # The HMAC of the scope as placed: the release forgets the identifiers and
+        # destroys the key. A hold placed before 0005 has no key and gets no HMAC.
+        key = _scope_key(conn, hold_id)
+        keyed = Hold.from_row(existing).scope.keyed_digest(key) if key is not None else None
         row = conn.execute(
             query("hold_release"), {"id": hold_id, "released_by": who, "release_reason": why}
         ).fetchone()
@@ -233,7 +285,7 @@ def release(conn: psycopg.Connection[Any], hold_id: int, *, released_by: str, re
                 released_by=who,
                 release_reason=why,
                 released_at=_utc(hold.released_at),
-                scope_digest=digest,
+                scope_hmac=keyed,
             ),
         )
     return hold

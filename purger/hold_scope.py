@@ -7,16 +7,26 @@ database needs around it: the scope's parameters and an index-backed pre-filter
 (a superset of the covered rows that ``purger.hold_covers`` rechecks).
 
 Identifiers are personal data. A scope's ``as_dict`` contains them (operator
-output only); ``audit_dict`` names none of them in clear but carries the
-sha256 digest of the whole scope, which is unsalted: whoever guesses an
-identifier (a phone number is easily guessed) can confirm the guess from it.
-Messages of ``InvalidHold`` name selector types and positions, never a value.
+output only); ``audit_dict`` names none of them, not even as a plain hash (a
+phone number is recovered from its sha256 by trying the numbering space): it
+counts them per selector type and carries an HMAC-SHA256 of the whole scope
+under the hold's own random key, which the hold keeps while it is active (so
+the stored scope can be checked against the audit trail) and forgets on its
+release (so the HMAC can no longer be linked to anyone). Messages of
+``InvalidHold`` name selector types and positions, never a value.
+
+A hold's case reference and reason are free text kept forever in the audit
+trail; ``free_text`` refuses one that looks like it holds personal data (a
+phone number, an e-mail address, an IP address) without echoing it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,11 +83,17 @@ class HoldScope:
             counts[kind] = counts.get(kind, 0) + 1
         return counts
 
-    def digest(self) -> str:
-        """sha256 of the whole scope, so the audit trail can vouch for the stored scope."""
-        return hashlib.sha256(
-            json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
+    def canonical(self) -> bytes:
+        """The whole scope as canonical JSON (contains the identifiers: never stored as is)."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    def keyed_digest(self, key: bytes) -> str:
+        """HMAC-SHA256 of the whole scope under the hold's key (hex).
+
+        Without the key nobody can confirm a guessed identifier from it; the key
+        lives in the hold's row until the release destroys it (migration 0005).
+        """
+        return hmac.new(key, self.canonical(), hashlib.sha256).hexdigest()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (contains the identifiers: operator output only)."""
@@ -90,8 +106,8 @@ class HoldScope:
             "all_records": self.all_records,
         }
 
-    def audit_dict(self) -> dict[str, Any]:
-        """The scope for the audit trail: selector counts and the digest, no identifier."""
+    def audit_dict(self, key: bytes) -> dict[str, Any]:
+        """The scope for the audit trail: selector counts and the keyed digest, no identifier."""
         return {
             "categories": list(self.categories) if self.categories is not None else None,
             "selectors": self.selector_counts(),
@@ -99,7 +115,7 @@ class HoldScope:
             "occurred_from": iso(self.occurred_from),
             "occurred_to": iso(self.occurred_to),
             "all_records": self.all_records,
-            "scope_digest": self.digest(),
+            "scope_hmac": self.keyed_digest(key),
         }
 
     def params(self) -> dict[str, Any]:
@@ -129,6 +145,56 @@ def required_text(value: str | None, what: str) -> str:
     text = optional_text(value, what)
     if text is None:
         raise InvalidHold(f"{what} is required and must not be blank")
+    return text
+
+
+# Personal data that must not be written into a hold's free text. A phone number:
+# 7 or more digits (a leading +, spaces, dashes and parentheses between them) that
+# do not continue a word, so that CASE-2026-001 is a reference; dates are no phones.
+_DATES = re.compile(r"\d{4}-\d{1,2}-\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?)?|\d{1,2}-\d{1,2}-\d{4}")
+_PHONE = re.compile(r"(?<![\w+-])\+?\(?\d(?:[\s()-]{0,3}\d){6,}")
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d])")
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%\w]*")
+
+
+def _is_ip(candidate: str) -> bool:
+    for text in {candidate, candidate.strip("."), candidate.rstrip(".:")}:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+def personal_data_in(text: str) -> str | None:
+    """What kind of personal data ``text`` looks like it contains, or None."""
+    if _EMAIL.search(text):
+        return "an e-mail address"
+    if any(all(int(n) <= 255 for n in m.group().split(".")) for m in _IPV4.finditer(text)):
+        return "an IP address"
+    if any(_is_ip(m.group()) for m in _IPV6.finditer(text)):
+        return "an IP address"
+    if _PHONE.search(_DATES.sub(" ", text)):
+        return "a phone number"
+    return None
+
+
+def free_text(value: str | None, what: str) -> str:
+    """``value`` as ``required_text``, refused when it looks like it holds personal data.
+
+    A hold's case reference and reason are kept forever in the audit trail, so
+    they must not identify a person. The message names ``what`` and the kind of
+    data, never the value.
+    """
+    text = required_text(value, what)
+    found = personal_data_in(text)
+    if found is not None:
+        raise InvalidHold(
+            f"{what} looks like it contains {found}; it is free text kept forever in the "
+            "audit trail and must not hold personal data: refer to the case, not the person"
+        )
     return text
 
 

@@ -19,6 +19,7 @@ from purger.liveness import Liveness
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
+from purger.topic_retention import TopicConfig
 
 ENTRY_POINT_GROUP = "purger.ingest"
 
@@ -54,6 +55,27 @@ class IngestPlugin(Protocol):
 
     def metrics_directory(self) -> MetricsDirectory:
         """A directory for the metrics of worker processes."""
+
+    def ensure_topics(
+        self, settings: Settings, policy: RetentionPolicy, partitions: int = 4
+    ) -> list[str]:
+        """Create the missing source and dead-letter topics with the policy's retention.
+
+        Returns the topics created.
+        """
+
+    def describe_topics(
+        self, settings: Settings, topics: list[str]
+    ) -> dict[str, TopicConfig | None]:
+        """``retention.ms``, ``retention.bytes``, ``cleanup.policy`` per topic (None: absent)."""
+
+    def alter_topics(
+        self, settings: Settings, changes: dict[str, dict[str, str]]
+    ) -> dict[str, str | None]:
+        """Set the given configs of each topic (other configs untouched).
+
+        Returns topic -> None when done, else the broker's error (e.g. not authorised).
+        """
 
 
 def load_plugin(name: str = "kafka") -> IngestPlugin:

@@ -26,6 +26,7 @@ class Metrics:
         topics: Iterable[str] = (),
         *,
         ingest: bool = True,
+        retention_topics: Iterable[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         # With several worker processes the ingest metrics live in the workers
@@ -143,9 +144,22 @@ class Metrics:
             ["category"],
             registry=r,
         )
-        self.precreate(categories, topics)
+        self.topic_retention_excess = Gauge(
+            "purger_topic_retention_excess_seconds",
+            "How much longer than the policy allows a source or dead-letter topic may keep a "
+            "record (retention.ms -1 or compaction: the allowed retention itself); 0 when "
+            "within policy.",
+            ["topic"],
+            registry=r,
+        )
+        self.precreate(categories, topics, retention_topics)
 
-    def precreate(self, categories: Iterable[str], topics: Iterable[str]) -> None:
+    def precreate(
+        self,
+        categories: Iterable[str],
+        topics: Iterable[str],
+        retention_topics: Iterable[str] = (),
+    ) -> None:
         """Create every labelled series at zero so dashboards show zeros."""
         for category in categories:
             self.records_ingested.labels(category)
@@ -164,6 +178,8 @@ class Metrics:
             self.dead_letters_truncated.labels(category)
         for topic in topics:
             self.consumer_lag.labels(topic)
+        for topic in retention_topics:
+            self.topic_retention_excess.labels(topic)
         for outcome in PURGE_OUTCOMES:
             self.purge_runs.labels(outcome)
         for kind in INGEST_FAULT_KINDS:

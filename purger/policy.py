@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,12 @@ from purger.yamlfile import line_of, load_yaml
 
 CATEGORY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# What a dead-letter topic keeps when the policy does not say (capped at the category's retention).
+DEFAULT_DEAD_LETTER_RETENTION = parse_duration("P7D")
+# Start days over which the shortest span of a calendar duration is sought: five years that
+# include leap years and a century year that is not one (2100).
+_SPAN_START = datetime(2097, 1, 1, tzinfo=UTC)
+_SPAN_DAYS = 5 * 366
 
 
 def _duration(value: Any) -> Duration:
@@ -34,6 +41,21 @@ def _duration(value: Any) -> Duration:
 RetentionDuration = Annotated[Duration, BeforeValidator(_duration)]
 
 
+@lru_cache(maxsize=256)
+def shortest_span(duration: Duration) -> timedelta:
+    """The shortest time ``duration`` can add to an instant (months differ in length).
+
+    Kafka's ``retention.ms`` is a fixed span: a topic keeps no record longer than a
+    calendar retention allows only if its ``retention.ms`` is at most this.
+    """
+    if not duration.months:
+        return duration.exact
+    return min(
+        duration.add_to(start) - start
+        for start in (_SPAN_START + timedelta(days=d) for d in range(_SPAN_DAYS))
+    )
+
+
 class CategoryPolicy(BaseModel):
     """One category of records: where it comes from and how long it is kept."""
 
@@ -46,6 +68,7 @@ class CategoryPolicy(BaseModel):
     statement_row: str = Field(min_length=1)
     description: str = ""
     dead_letter_topic: str | None = None
+    dead_letter_retention: RetentionDuration | None = None
     tenant_overrides: dict[str, RetentionDuration] = Field(default_factory=dict)
 
     @field_validator("topic", "dead_letter_topic")
@@ -97,6 +120,29 @@ class Category:
     def expires_at(self, tenant: str, occurred_at: datetime) -> datetime:
         """``occurred_at + retention`` in UTC, per the project's expiry rule."""
         return self.retention_for(tenant).add_to(occurred_at)
+
+    @property
+    def topic_retention(self) -> timedelta:
+        """The longest a topic may keep one of the category's records.
+
+        The shortest span of the category's retention and of every tenant override:
+        a topic holds the records of all tenants, and must keep none longer than its
+        own tenant's retention.
+        """
+        spans = [self.policy.retention, *self.policy.tenant_overrides.values()]
+        return min(shortest_span(d) for d in spans)
+
+    @property
+    def dead_letter_retention(self) -> timedelta:
+        """What the dead-letter topic keeps (``retention.ms``): the policy's, default P7D.
+
+        Never more than ``topic_retention`` (``load_policy`` refuses a longer one; the
+        default is capped at it).
+        """
+        configured = self.policy.dead_letter_retention
+        if configured is None:
+            return min(shortest_span(DEFAULT_DEAD_LETTER_RETENTION), self.topic_retention)
+        return shortest_span(configured)
 
 
 @dataclass(frozen=True)
@@ -153,7 +199,15 @@ def _build(
                     f"topic {topic!r} is already used by category {topics[topic]!r}"
                 )
             topics[topic] = name
-        categories[name] = Category(name=name, policy=cat, dead_letter_topic=dlq)
+        category = Category(name=name, policy=cat, dead_letter_topic=dlq)
+        if category.dead_letter_retention > category.topic_retention:
+            raise PolicyError(
+                f"{_where(path, lines, ('categories', name, 'dead_letter_retention'))}: "
+                f"categories.{name}.dead_letter_retention: {cat.dead_letter_retention} may keep "
+                "a dead letter longer than the category's retention (or a tenant override) "
+                "allows; give at most that"
+            )
+        categories[name] = category
     digest = hashlib.sha256(
         repr(sorted((n, c.policy.model_dump_json()) for n, c in categories.items())).encode()
     ).hexdigest()[:16]

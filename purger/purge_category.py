@@ -5,6 +5,8 @@ is not blocked) and then dropped, each drop atomic with its audit entry. The
 partition that contains T loses its expired rows in bounded DELETE batches, each
 atomic with its own audit entry. A pass killed anywhere leaves registry states
 (``detaching``/``detached``) that the next pass finishes without counting twice.
+A partition that lost rows is then VACUUMed (outside any transaction), so that the
+deleted tuples leave its pages; each vacuum is audited after the fact.
 
 Legal holds: every transaction that destroys records first locks out hold
 changes and re-reads the active holds, then moves the covered rows into held
@@ -145,9 +147,16 @@ class CategoryPurge:
         interrupted = self._purge_held(out)
         if interrupted is not None:
             notes.append(interrupted[1])
-        out.conclude(
-            notes, timed_out=interrupted is not None and interrupted[0] == OUTCOME_TIMED_OUT
-        )
+        timed_out = interrupted is not None and interrupted[0] == OUTCOME_TIMED_OUT
+        for action in out.actions:
+            if self.dry_run or action.action != "delete_rows" or not (action.rows or action.held):
+                continue
+            stopped = self._vacuum(action)
+            if stopped is not None:
+                notes.append(stopped[1])
+                out.contended += stopped[0] == OUTCOME_CONTENDED
+                timed_out = timed_out or stopped[0] == OUTCOME_TIMED_OUT
+        out.conclude(notes, timed_out=timed_out)
 
     def _attached(self, parent: str) -> dict[str, bool]:
         # Partitions attached to ``parent``: name -> detach pending.
@@ -309,6 +318,43 @@ class CategoryPurge:
             action.rows += n
             if n < self.delete_batch_size:
                 break
+
+    def _vacuum(self, action: PartitionAction) -> tuple[str, str] | None:
+        # The deletes are committed and audited: a vacuum that fails never undoes them,
+        # it only names the category's outcome (an interruption is returned, any other
+        # error propagates as a failure). VACUUM cannot run in a transaction block: the
+        # pass's connection is in autocommit. INDEX_CLEANUP ON: index entries (the GIN
+        # index holds subject keys) go too, not only the heap tuples.
+        pname, rows = action.partition, action.rows + action.held
+        try:
+            with wrap_errors(f"vacuum partition {pname}"):
+                self.conn.execute(
+                    sql.SQL("VACUUM (ANALYZE, INDEX_CLEANUP ON) {}").format(
+                        sql.Identifier("purger", pname)
+                    )
+                )
+                with self.conn.transaction():
+                    audit.record(
+                        self.conn,
+                        audit_entries.partition_vacuumed(
+                            pass_id=self.pass_id,
+                            category=self.category,
+                            partition=pname,
+                            rows_deleted=rows,
+                        ),
+                    )
+        except StorageError as exc:
+            status = interruption(exc)
+            if status is None:
+                raise
+            log.warning(
+                "partition not vacuumed (%s); its deleted rows stay on its pages until a "
+                "later vacuum",
+                status,
+                extra={"category": self.category, "pass_id": self.pass_id, "outcome": status},
+            )
+            return status, error_text(exc)
+        return None
 
     def _attempt(self, action: PartitionAction, what: str, work: Callable[[], None]) -> str | None:
         """Run ``work`` (``what`` names it in errors) and mark ``action`` done.

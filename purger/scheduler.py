@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +101,8 @@ class PurgeScheduler:
         overdue_refresh_seconds: int,
         leader_max_failures: int = 3,
         leader_cooldown_ticks: int = 2,
+        topic_check: Callable[[], None] | None = None,
+        topic_check_interval_seconds: int = 0,
     ) -> None:
         self.purger = purger
         self.metrics = metrics
@@ -129,6 +132,16 @@ class PurgeScheduler:
             name="overdue gauge",
             next_run_time=datetime.now(UTC),
         )
+        if topic_check is not None and topic_check_interval_seconds > 0:
+            # Every replica checks (the gauge is per pod; alerts take the max): no leader needed.
+            self._topic_check = topic_check
+            self.scheduler.add_job(
+                self.check_topics,
+                IntervalTrigger(seconds=topic_check_interval_seconds, timezone=UTC),
+                id="topics",
+                name="topic retention check",
+                next_run_time=datetime.now(UTC),
+            )
         self.last_report: PassReport | None = None
         self._lock = threading.Lock()
 
@@ -188,6 +201,15 @@ class PurgeScheduler:
         self.metrics.scheduler_leader.set(0)
         self._failures = 0
         self._cooldown = self.leader_cooldown_ticks
+
+    def check_topics(self) -> None:
+        """Compare the topics' retention with the policy (purger_topic_retention_excess_seconds)."""
+        try:
+            self._topic_check()
+        except Exception as exc:
+            # An unreachable broker keeps the last values; the next interval tries again.
+            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
+            log.warning("topic retention check failed: %s", reason)
 
     def refresh_overdue(self) -> None:
         """Recount overdue records (cheap: an index count per category)."""

@@ -10,8 +10,9 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+from psycopg.conninfo import make_conninfo
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -36,7 +37,9 @@ class Settings(BaseSettings):
         description="libpq URL of the PostgreSQL database (secret)",
     )
     database_password: SecretStr | None = Field(
-        None, description="password overriding the one in database_url (secret)"
+        None,
+        description="password overriding the one in database_url, given to libpq as its own "
+        "parameter, never pasted into the URL: any character is fine (secret)",
     )
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="comma-separated brokers")
     kafka_group_id: str = Field("purger", description="consumer group of all workers")
@@ -54,6 +57,12 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(None, description="client key for mTLS")
     policy_file: Path = Field(Path("config/retention.yaml"), description="retention policy YAML")
     dead_letter_suffix: str = Field(".dlq", description="dead-letter topic = <topic><suffix>")
+    dead_letter_replication_factor: int = Field(
+        1, ge=1, le=32, description="replicas of the dead-letter topics the purger creates"
+    )
+    topic_check_interval_seconds: int = Field(
+        3600, ge=0, description="seconds between checks of the topics' retention (0: never)"
+    )
     default_country_code: int = Field(
         31, ge=1, le=999, description="country code given to national phone numbers"
     )
@@ -151,18 +160,22 @@ class Settings(BaseSettings):
         return parse_duration(self.partition_granularity).exact
 
     def conninfo(self) -> str:
-        """The libpq URL with the password override applied (never log it)."""
+        """The libpq connection string with the password override applied (never log it).
+
+        ``database_url`` as it is when no ``database_password`` is set; otherwise libpq's
+        ``key=value`` form of it with the password as a separate, quoted parameter (a URL
+        would need it percent-encoded: ``%``, ``/``, ``@``, ``:`` or ``#`` would break it).
+        """
         url = self.database_url.get_secret_value()
         if self.database_password is None:
             return url
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        password = self.database_password.get_secret_value()
-        netloc = f"{user}:{password}@{host}" if user else host
-        return urlunsplit(parts._replace(netloc=netloc))
+        try:
+            return make_conninfo(url, password=self.database_password.get_secret_value())
+        except psycopg.Error:
+            # libpq's parse error may quote part of the URL, password included.
+            raise ConfigError(
+                "database_url: not a valid libpq URL or key=value connection string"
+            ) from None
 
     def masked(self) -> dict[str, Any]:
         """The effective settings with secrets masked, for the one start-up log line."""

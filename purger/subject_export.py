@@ -2,11 +2,13 @@
 
 Answers an access request (``purger subject export``). The output contains the
 records' identifiers and payloads: it is for the operator only, never for logs.
+Its CSV cells are neutralised against spreadsheet formula injection (``csv_row``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -73,3 +75,24 @@ def _export_category(
                     }
                 )
     return out
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP: CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: Any) -> str:
+    """``value`` as CSV cell text, with a leading ``'`` if a spreadsheet would run it."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def csv_row(record: dict[str, Any]) -> dict[str, str]:
+    """One exported record as CSV cells: lists and JSON flattened, every cell neutralised."""
+    flat = {
+        **record,
+        "holds": " ".join(str(h) for h in record["holds"]),
+        "subjects": json.dumps(record["subjects"], ensure_ascii=False),
+        "payload": json.dumps(record["payload"], ensure_ascii=False),
+    }
+    return {key: neutralise_cell(value) for key, value in flat.items()}

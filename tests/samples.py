@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from examples.samples import recent_bad_sample
+
 MESSAGES = Path(__file__).parent / "data" / "messages"
+
+__all__ = ["BAD_REASONS", "MESSAGES", "recent_bad_sample"]
 
 # The dead-letter reason each bad sample must get.
 BAD_REASONS = {

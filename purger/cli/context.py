@@ -21,6 +21,7 @@ from purger.policy import RetentionPolicy, load_policy
 from purger.purge import Purger
 from purger.settings import Settings, describe_settings, load_settings
 from purger.storage import Storage
+from purger.topic_retention import targets as topic_targets
 
 log = logging.getLogger("purger")
 
@@ -54,6 +55,7 @@ class Context:
             categories=self.policy.categories,
             topics=self.policy.by_topic(),
             ingest=ingest,
+            retention_topics=[t.topic for t in topic_targets(self.policy)],
         )
 
     def purger(self, metrics: Metrics) -> Purger:

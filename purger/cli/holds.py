@@ -3,13 +3,17 @@
 Registered by ``purger.cli`` through ``register(sub)``. Exit codes: 0 done, 1 the
 request was refused (unknown or already released hold) or failed, 2 a mistake
 in the request (scope, identifier, time); every mistake is one line on stderr.
-Identifiers appear in the command's output only, never in logs or errors.
+Identifiers appear in the command's output only, never in logs or errors. A
+``--case-ref`` or ``--reason`` that looks like personal data (phone number, e-mail
+or IP address) is refused with exit 2, naming the flag and never the value: the
+audit trail keeps them forever.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +24,7 @@ from purger import hold_registry, hold_scope, subject_export
 from purger.cli.context import Context
 from purger.db import connect
 from purger.errors import InvalidMessage
-from purger.exits import EXIT_OK, EXIT_USAGE, fail
+from purger.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from purger.records import parse_timestamp
 
 _SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in hold_scope.SELECTORS}
@@ -166,8 +170,9 @@ def cmd_hold_show(ctx: Context) -> int:
     with _conn(ctx) as conn:
         hold = hold_registry.get(conn, args.id)
         preserved = hold_registry.held_now(conn, ctx.policy, hold)
+        check = hold_registry.verify_scope(conn, hold)
     if args.json:
-        _json({**hold.as_dict(), "preserved": preserved})
+        _json({**hold.as_dict(), "preserved": preserved, "audited_scope": check.value})
         return EXIT_OK
     print(f"hold {hold.id}: {'active' if hold.active else 'released'}")
     print(f"  case:      {hold.case_ref}")
@@ -181,7 +186,45 @@ def cmd_hold_show(ctx: Context) -> int:
     for key in hold.scope.subject_keys or ():
         print(f"    {key}")
     print(f"  preserves: {_counts(preserved)}")
+    print(f"  audit:     {_SCOPE_CHECKS[check]}")
     return EXIT_OK
+
+
+_SCOPE_CHECKS = {
+    hold_registry.ScopeCheck.MATCHES: "the stored scope matches its audited HMAC",
+    hold_registry.ScopeCheck.DIFFERS: "the stored scope DIFFERS from its audited HMAC",
+    hold_registry.ScopeCheck.RELEASED: (
+        "released: its key is destroyed, the audited HMAC can no longer be linked to the scope"
+    ),
+    hold_registry.ScopeCheck.NO_KEY: (
+        "placed before migration 0005: audited with an unkeyed digest, no key to check"
+    ),
+    hold_registry.ScopeCheck.NOT_AUDITED: "no audited HMAC of the scope was found",
+}
+
+
+def cmd_hold_verify_scope(ctx: Context) -> int:
+    """Exit 0 when an active hold's stored scope matches the HMAC its placing audited."""
+    args = ctx.args
+    with _conn(ctx) as conn:
+        check = hold_registry.verify_scope(conn, hold_registry.get(conn, args.id))
+    if args.json:
+        _json({"id": args.id, "audited_scope": check.value})
+    else:
+        print(f"hold {args.id}: {_SCOPE_CHECKS[check]}")
+    return EXIT_OK if check is hold_registry.ScopeCheck.MATCHES else EXIT_FAILURE
+
+
+def _private_file(path: str) -> TextIO:
+    # Personal data: created 0600 (never readable by others, even briefly); an existing
+    # file is overwritten and made 0600 before anything is written to it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return open(fd, "w", encoding="utf-8", newline="")
 
 
 def cmd_subject_export(ctx: Context) -> int:
@@ -191,11 +234,7 @@ def cmd_subject_export(ctx: Context) -> int:
     kind, raw = chosen[0]
     with _usage_errors():
         keys = subject_export.subject_keys_for(kind, raw, ctx.settings.default_country_code)
-    out: TextIO = (
-        open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
-        if args.output
-        else sys.stdout
-    )
+    out: TextIO = _private_file(args.output) if args.output else sys.stdout
     try:
         with _conn(ctx) as conn:
             records = list(subject_export.export_subject(conn, ctx.policy, keys))
@@ -203,14 +242,7 @@ def cmd_subject_export(ctx: Context) -> int:
             writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS)
             writer.writeheader()
             for r in records:
-                writer.writerow(
-                    {
-                        **r,
-                        "holds": " ".join(str(h) for h in r["holds"]),
-                        "subjects": json.dumps(r["subjects"], ensure_ascii=False),
-                        "payload": json.dumps(r["payload"], ensure_ascii=False),
-                    }
-                )
+                writer.writerow(subject_export.csv_row(r))
         else:
             _json({"subject": keys[0], "count": len(records), "records": records}, out)
     finally:
@@ -239,8 +271,17 @@ def register(sub: Any) -> None:
             "ingestion. Give a subject selector or --tenant, or --all-records explicitly."
         ),
     )
-    p.add_argument("--case-ref", required=True, help="case reference (required)")
-    p.add_argument("--reason", required=True, help="why the records must be kept (required)")
+    p.add_argument(
+        "--case-ref",
+        required=True,
+        help="case reference (required; free text kept forever in the audit trail: no "
+        "personal data, a phone number, e-mail or IP address is refused)",
+    )
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="why the records must be kept (required; free text, no personal data)",
+    )
     p.add_argument("--by", required=True, help="who places the hold")
     p.add_argument(
         "--category", action="append", help="only this category (repeatable; default all)"
@@ -261,7 +302,9 @@ def register(sub: Any) -> None:
     p = hold_sub.add_parser("release", help="release a hold (never reactivated)")
     p.add_argument("id", type=int, help="hold id")
     p.add_argument("--by", required=True, help="who releases the hold")
-    p.add_argument("--reason", required=True, help="why it is released")
+    p.add_argument(
+        "--reason", required=True, help="why it is released (free text, no personal data)"
+    )
     p.add_argument("--json", action="store_true", help="print the hold as JSON")
     p.set_defaults(func=cmd_hold_release)
 
@@ -274,6 +317,19 @@ def register(sub: Any) -> None:
     p.add_argument("id", type=int, help="hold id")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_hold_show)
+
+    p = hold_sub.add_parser(
+        "verify-scope",
+        help="check an active hold's stored scope against its audited HMAC",
+        description=(
+            "Exit 0 when the active hold's stored scope matches the HMAC (under the "
+            "hold's own key) that its hold_placed audit entry recorded, 1 otherwise "
+            "(differs, released so the key is destroyed, or placed before the keys existed)."
+        ),
+    )
+    p.add_argument("id", type=int, help="hold id")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_hold_verify_scope)
 
     subject_p = sub.add_parser("subject", help="what is stored about one subject")
     subject_sub = subject_p.add_subparsers(dest="subject_command", required=True, metavar="ACTION")

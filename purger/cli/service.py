@@ -8,12 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from purger.cli.context import Context, add_command, log, print_json, stop_on_signals
+from purger.errors import ConfigError
 from purger.exits import EXIT_FAILURE, EXIT_OK
 from purger.http import HealthServer
 from purger.ingest import load_plugin
 from purger.liveness import Liveness
 from purger.metrics import Metrics
 from purger.scheduler import PurgeScheduler
+from purger.topic_retention import check_topics
 
 
 def cmd_migrate(ctx: Context) -> int:
@@ -68,6 +70,28 @@ def cmd_run(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _topic_check(ctx: Context, metrics: Metrics) -> Callable[[], None] | None:
+    """The periodic check of the topics' retention, when the Kafka side is installed."""
+    try:
+        plugin = load_plugin()
+    except ConfigError:
+        return None
+
+    def check() -> None:
+        checks = check_topics(
+            ctx.policy, lambda topics: plugin.describe_topics(ctx.settings, topics), metrics
+        )
+        for c in checks:
+            if c.finding:
+                log.warning(
+                    "topic %s may keep records longer than the policy allows: %s",
+                    c.target.topic,
+                    "; ".join(c.problems),
+                )
+
+    return check
+
+
 def _scheduler(ctx: Context, metrics: Metrics) -> Any:
     return PurgeScheduler(
         ctx.purger(metrics),
@@ -77,6 +101,8 @@ def _scheduler(ctx: Context, metrics: Metrics) -> Any:
         overdue_refresh_seconds=ctx.settings.overdue_refresh_seconds,
         leader_max_failures=ctx.settings.purge_leader_max_failures,
         leader_cooldown_ticks=ctx.settings.purge_leader_cooldown_ticks,
+        topic_check=_topic_check(ctx, metrics),
+        topic_check_interval_seconds=ctx.settings.topic_check_interval_seconds,
     )
 
 

@@ -207,9 +207,9 @@ LOCK TABLE purger.legal_holds IN ROW EXCLUSIVE MODE;
 -- name: hold_insert
 INSERT INTO purger.legal_holds
     (case_ref, reason, placed_by, categories, subject_keys, tenant, occurred_from, occurred_to,
-     all_records)
+     all_records, scope_key)
 VALUES (%(case_ref)s, %(reason)s, %(placed_by)s, %(categories)s, %(subject_keys)s, %(tenant)s,
-        %(occurred_from)s, %(occurred_to)s, %(all_records)s)
+        %(occurred_from)s, %(occurred_to)s, %(all_records)s, %(scope_key)s)
 RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
           occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
        released_selectors;
@@ -218,7 +218,8 @@ RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, 
 UPDATE purger.legal_holds
 SET released_at = clock_timestamp(), released_by = %(released_by)s,
     release_reason = %(release_reason)s,
-    subject_keys = NULL, released_selectors = purger.selector_counts(subject_keys)
+    subject_keys = NULL, released_selectors = purger.selector_counts(subject_keys),
+    scope_key = NULL
 WHERE id = %(id)s AND released_at IS NULL
 RETURNING id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,
           occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
@@ -229,6 +230,17 @@ SELECT id, case_ref, reason, placed_by, placed_at, categories, subject_keys, ten
        occurred_from, occurred_to, all_records, released_at, released_by, release_reason,
        released_selectors
 FROM purger.legal_holds WHERE id = %(id)s;
+
+-- name: hold_scope_key
+-- The key of a hold's audited scope HMAC (0005): NULL once released, or when
+-- the hold was placed before 0005. Kept out of hold_get: never operator output.
+SELECT scope_key FROM purger.legal_holds WHERE id = %(id)s;
+
+-- name: hold_placed_entry
+-- The audit entry that recorded the placing of a hold (a scan of the trail).
+SELECT content FROM purger.audit_log
+WHERE kind = 'hold_placed' AND content->>'hold_id' = %(id)s::text
+ORDER BY seq LIMIT 1;
 
 -- name: holds_list
 SELECT id, case_ref, reason, placed_by, placed_at, categories, subject_keys, tenant,

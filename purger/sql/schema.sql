@@ -57,6 +57,7 @@ BEGIN
         RAISE EXCEPTION 'legal hold %: only its release may be recorded', OLD.id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    NEW.scope_key := NULL;
     RETURN NEW;
 END;
 $$;
@@ -119,6 +120,7 @@ CREATE TABLE purger.legal_holds (
     released_by text,
     release_reason text,
     released_selectors jsonb,
+    scope_key bytea,
     CONSTRAINT legal_holds_case_ref_check CHECK ((btrim(case_ref) <> ''::text)),
     CONSTRAINT legal_holds_categories_check CHECK (((cardinality(categories) > 0) AND (array_position(categories, NULL::text) IS NULL))),
     CONSTRAINT legal_holds_check CHECK (((occurred_from IS NULL) OR (occurred_to IS NULL) OR (occurred_from <= occurred_to))),
@@ -127,6 +129,7 @@ CREATE TABLE purger.legal_holds (
     CONSTRAINT legal_holds_reason_check CHECK ((btrim(reason) <> ''::text)),
     CONSTRAINT legal_holds_released_selectors_check CHECK (((released_selectors IS NULL) OR ((released_at IS NOT NULL) AND (subject_keys IS NULL)))),
     CONSTRAINT legal_holds_scope_check CHECK (((subject_keys IS NOT NULL) OR (tenant IS NOT NULL) OR all_records OR (released_selectors IS NOT NULL))),
+    CONSTRAINT legal_holds_scope_key_check CHECK (((scope_key IS NULL) OR ((released_at IS NULL) AND (octet_length(scope_key) = 32)))),
     CONSTRAINT legal_holds_subject_keys_check CHECK (((cardinality(subject_keys) > 0) AND (array_position(subject_keys, NULL::text) IS NULL))),
     CONSTRAINT legal_holds_tenant_check CHECK ((btrim(tenant) <> ''::text))
 );

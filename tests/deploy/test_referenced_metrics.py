@@ -31,6 +31,7 @@ CONTRACT_METRICS = {
     "purger_overdue_records",
     "purger_legal_holds_active",
     "purger_records_held",
+    "purger_topic_retention_excess_seconds",
 }
 
 

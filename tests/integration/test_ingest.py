@@ -33,7 +33,7 @@ from tests.integration.support import (
     stable_members,
     wait_until,
 )
-from tests.samples import BAD_REASONS, MESSAGES
+from tests.samples import BAD_REASONS, MESSAGES, recent_bad_sample
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,9 @@ def test_bad_messages_are_dead_lettered_and_the_partition_keeps_flowing(
     assert {p.name for p in bad} == set(BAD_REASONS), "a bad sample without an expected reason"
     recent = datetime.now(UTC) - timedelta(hours=1)
     values = (
-        [message("before", recent)] + [p.read_bytes() for p in bad] + [message("after", recent)]
+        [message("before", recent)]
+        + [recent_bad_sample(p, recent) for p in bad]
+        + [message("after", recent)]
     )
     for value in values:
         producer.send(topic, value, partition=0)
@@ -154,7 +156,7 @@ def test_bad_messages_are_dead_lettered_and_the_partition_keeps_flowing(
     for offset, path in enumerate(bad, start=1):
         reason, value = by_offset[offset]
         assert reason == BAD_REASONS[path.name], path.name
-        assert value == path.read_bytes()
+        assert value == recent_bad_sample(path, recent)
         sample = f'purger_records_dead_lettered_total{{category="cdr",reason="{reason}"}}'
         assert registry.get_sample_value(
             "purger_records_dead_lettered_total", {"category": "cdr", "reason": reason}

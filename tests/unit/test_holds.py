@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from purger import cli
-from purger.hold_scope import HoldScope, InvalidHold, build_scope, prefilter
+from purger.hold_scope import (
+    HoldScope,
+    InvalidHold,
+    build_scope,
+    free_text,
+    personal_data_in,
+    prefilter,
+)
 from purger.policy import RetentionPolicy, load_policy
 from purger.records import Record
 from purger.subject_export import subject_keys_for
@@ -124,11 +131,12 @@ def test_coverage_needs_every_part_and_includes_both_window_ends() -> None:
 
 def test_the_audit_view_of_a_scope_names_no_identifier(policy: RetentionPolicy) -> None:
     scope = build_scope(policy, subjects={"msisdn": ["0612345678"], "email": ["a@b.nl"]})
-    audited = repr(scope.audit_dict())
+    key = bytes(32)
+    audited = repr(scope.audit_dict(key))
     assert "612345678" not in audited and "a@b.nl" not in audited
-    assert scope.audit_dict()["selectors"] == {"email": 1, "msisdn": 1}
+    assert scope.audit_dict(key)["selectors"] == {"email": 1, "msisdn": 1}
     other = build_scope(policy, subjects={"msisdn": ["0612345679"], "email": ["a@b.nl"]})
-    assert scope.digest() != other.digest()
+    assert scope.keyed_digest(key) != other.keyed_digest(key)
 
 
 def test_prefilters_use_the_indexes_unless_a_hold_covers_all_records() -> None:
@@ -258,3 +266,33 @@ def test_an_invalid_hold_is_one_line_and_exit_2_before_any_connection(
     assert err.startswith("purger: error: ") and err.count("\n") == 1
     if hidden:
         assert hidden not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("+31612345678", "a phone number"),
+        ("06-1234 5678", "a phone number"),
+        ("call +31 (0)20 123 4567", "a phone number"),
+        ("case 1234567", "a phone number"),
+        ("mail jan@example.nl", "an e-mail address"),
+        ("from 10.1.2.3", "an IP address"),
+        ("seen at 2001:db8::7.", "an IP address"),
+        ("CASE-2026-001", None),
+        ("court order of 2026-03-01 10:30", None),
+        ("ECLI:NL:HR:2026:123", None),
+        ("C/13/712345 / HA ZA 22-123", None),
+        ("version 1.2.3, meeting 12:30:45", None),
+    ],
+)
+def test_free_text_that_looks_like_personal_data_is_refused_without_echo(
+    text: str, kind: str | None
+) -> None:
+    assert personal_data_in(text) == kind
+    if kind is None:
+        assert free_text(f" {text} ", "reason (--reason)") == text
+        return
+    with pytest.raises(InvalidHold) as refused:
+        free_text(text, "reason (--reason)")
+    assert "--reason" in str(refused.value) and kind in str(refused.value)
+    assert text not in str(refused.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from purger.errors import ConfigError, PolicyError
 from purger.policy import load_policy
@@ -91,7 +92,13 @@ def test_env_wins_over_the_file_and_secrets_are_masked(
     monkeypatch.setenv("PURGER_DATABASE_PASSWORD", "envsecret")
     settings = load_settings(config)
     assert settings.batch_max_records == 20
-    assert settings.conninfo() == "postgresql://u:envsecret@db:5432/purger"
+    assert conninfo_to_dict(settings.conninfo()) == {
+        "user": "u",
+        "password": "envsecret",
+        "host": "db",
+        "port": "5432",
+        "dbname": "purger",
+    }
     shown = repr(settings.masked())
     assert "filesecret" not in shown and "envsecret" not in shown
 
