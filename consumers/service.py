@@ -23,6 +23,7 @@ from kafka.errors import (
 )
 from prometheus_client import multiprocess
 
+from consumers.anchors import publish_anchor, read_anchors
 from consumers.kafka_config import client_options
 from consumers.summary import IngestSummary
 from consumers.workers import run_inline, run_processes
@@ -215,6 +216,8 @@ class KafkaIngest:
     ensure_topics = staticmethod(ensure_topics)
     describe_topics = staticmethod(describe_topics)
     alter_topics = staticmethod(alter_topics)
+    publish_anchor = staticmethod(publish_anchor)
+    read_anchors = staticmethod(read_anchors)
 
     def metrics_directory(self) -> MultiprocessMetrics:
         """A directory for the metrics of worker processes."""
@@ -235,4 +238,6 @@ __all__ = [
     "describe_topics",
     "ensure_topics",
     "kafka_check",
+    "publish_anchor",
+    "read_anchors",
 ]

@@ -4,6 +4,11 @@ Each entry's hash is sha256 over the previous entry's hash and the entry's own
 canonical content (kind, time, content as sorted, compact JSON). A trigger
 refuses UPDATE, DELETE and TRUNCATE; what a superuser does anyway breaks the
 chain, and ``verify`` names the first entry that was modified, removed or moved.
+
+The owner of the tables can still rewrite the whole chain consistently, head
+included. Each pass therefore publishes its entry's (seq, hash) outside
+PostgreSQL (``anchor_of``; a Kafka topic through the ingest plugin), and
+``verify(conn, anchors)`` checks the chain against every anchored head.
 """
 
 from __future__ import annotations
@@ -128,6 +133,7 @@ class Verification:
     head_hash: str
     problem: str | None = None
     first_bad_seq: int | None = None
+    anchors: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -138,11 +144,53 @@ class Verification:
             "head_hash": self.head_hash,
             "problem": self.problem,
             "first_bad_seq": self.first_bad_seq,
+            **({} if self.anchors is None else {"anchors": self.anchors}),
         }
 
 
-def verify(conn: psycopg.Connection[Any]) -> Verification:
-    """Recompute the chain; name the first entry modified, removed or reordered."""
+def anchor_of(entry: AuditEntry) -> dict[str, Any]:
+    """What is published outside PostgreSQL to anchor the chain at ``entry``."""
+    return {
+        "seq": entry.seq,
+        "hash": entry.hash,
+        "recorded_at": entry.recorded_at.astimezone(UTC).isoformat(),
+    }
+
+
+def verify(
+    conn: psycopg.Connection[Any], anchors: list[dict[str, Any]] | None = None
+) -> Verification:
+    """Recompute the chain; name the first entry modified, removed or reordered.
+
+    With ``anchors`` (heads published by earlier passes), an intact chain must also
+    still hold every anchored (seq, hash): a chain rewritten consistently, or cut
+    back below an anchored head, fails naming the lowest such seq.
+    """
+    result = _verify_chain(conn)
+    if anchors is None or not result.ok:
+        return result
+    with wrap_errors("verify audit anchors"), _snapshot(conn):
+        stored = {
+            int(r[0]): str(r[1]) for r in conn.execute("SELECT seq, hash FROM purger.audit_log")
+        }
+    for anchor in sorted(anchors, key=lambda a: int(a["seq"])):
+        seq, digest = int(anchor["seq"]), str(anchor["hash"])
+        when = anchor.get("recorded_at", "?")
+        if seq not in stored:
+            problem = f"entry {seq}, anchored at {when}, was removed"
+        elif stored[seq] != digest:
+            problem = f"entry {seq} differs from its head anchored at {when} (chain rewritten)"
+        else:
+            continue
+        return Verification(
+            False, result.entries, result.head_seq, result.head_hash, problem, seq, len(anchors)
+        )
+    return Verification(
+        True, result.entries, result.head_seq, result.head_hash, anchors=len(anchors)
+    )
+
+
+def _verify_chain(conn: psycopg.Connection[Any]) -> Verification:
     with wrap_errors("verify audit chain"), _snapshot(conn):
         hashes = {str(r[0]) for r in conn.execute("SELECT hash FROM purger.audit_log")}
         prev, expected, count = GENESIS, 1, 0

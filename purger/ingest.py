@@ -77,6 +77,12 @@ class IngestPlugin(Protocol):
         Returns topic -> None when done, else the broker's error (e.g. not authorised).
         """
 
+    def publish_anchor(self, settings: Settings, anchor: dict[str, Any]) -> None:
+        """Publish an audit head (``audit.anchor_of``) to ``audit_anchor_topic``; raises."""
+
+    def read_anchors(self, settings: Settings) -> list[dict[str, Any]]:
+        """Every audit head published to ``audit_anchor_topic``, oldest first."""
+
 
 def load_plugin(name: str = "kafka") -> IngestPlugin:
     """The installed ingest plugin ``name``; ConfigError if it is not installed."""

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from purger.db import wrap_errors
 from purger.errors import MigrationError
@@ -86,3 +87,14 @@ def migrate(conn: psycopg.Connection[Any], *, up_to: int | None = None) -> list[
             )
             applied.append(migration)
     return applied
+
+
+RUNTIME_ROLE = "purger_runtime"
+
+
+def grant_runtime(conn: psycopg.Connection[Any], member: str) -> None:
+    """Make the login role ``member`` a member of ``purger_runtime`` (migration 0006)."""
+    with wrap_errors(f"grant {RUNTIME_ROLE} to {member}"), conn.transaction():
+        conn.execute(
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_ROLE), sql.Identifier(member))
+        )

@@ -130,6 +130,20 @@ def ensure_category_table(conn: psycopg.Connection[Any], category: Category) -> 
             query("register_category"),
             {"name": category.name, "parent": parent, "topic": category.topic},
         )
+        for table in (parent, held):
+            hand_over(conn, table)
+
+
+def hand_over(conn: psycopg.Connection[Any], table: str) -> None:
+    """Make ``purger_runtime`` (migration 0006) the owner of a category table it created.
+
+    The runtime role's members create, detach, drop and vacuum partitions, which
+    needs the owner; a table owned by one login role would be out of reach of the
+    others. Nothing happens before 0006 or when the role already owns it.
+    """
+    row = conn.execute(query("runtime_owner_needed"), {"name": table}).fetchone()
+    if row is not None and row[0]:
+        conn.execute(template("hand_over", table=sql.Identifier(table)))
 
 
 def owned_parent(conn: psycopg.Connection[Any], category: str) -> str:
@@ -256,6 +270,7 @@ class PartitionManager:
                         end=sql.Literal(end),
                     )
                 )
+                hand_over(conn, name)
                 conn.execute(
                     query("register_partition"),
                     {"name": name, "category": category, "start": start, "end": end},

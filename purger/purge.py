@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +46,9 @@ from purger.queries import query
 
 log = logging.getLogger("purger.purge")
 
+Anchor = Callable[[dict[str, Any]], None]
+"""Publishes an audit head (``audit.anchor_of``) outside PostgreSQL; raises on failure."""
+
 PASS_LOCK = "purger.purge-pass"
 _ANOTHER_PASS = "another purge pass is running"
 
@@ -61,6 +65,7 @@ class Purger:
         lock_timeout_ms: int = 2000,
         statement_timeout_ms: int = 300000,
         delete_batch_size: int = 10000,
+        anchor: Anchor | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.policy = policy
@@ -68,6 +73,7 @@ class Purger:
         self.lock_timeout_ms = lock_timeout_ms
         self.statement_timeout_ms = statement_timeout_ms
         self.delete_batch_size = delete_batch_size
+        self.anchor = anchor
 
     def _connect(self, application: str) -> psycopg.Connection[Any]:
         conn = connect(self.conninfo, autocommit=True, application=application)
@@ -130,7 +136,9 @@ class Purger:
         finally:
             report.finished_at = datetime.now(UTC)
             if locked and not dry_run:
-                self._record_pass(conn, report)
+                recorded = self._record_pass(conn, report)
+                if recorded is not None:
+                    self._publish_anchor(recorded, report)
             if conn is not None:
                 if locked and not conn.broken:
                     # The server drops a closed session's locks only once it notices;
@@ -216,7 +224,26 @@ class Purger:
         assert row is not None
         return now or row[0]
 
-    def _record_pass(self, conn: psycopg.Connection[Any] | None, report: PassReport) -> None:
+    def _publish_anchor(self, entry: audit.AuditEntry, report: PassReport) -> None:
+        # After the pass's audit entry: its deletes are committed whatever happens here.
+        if self.anchor is None:
+            return
+        head = audit.anchor_of(entry)
+        try:
+            self.anchor(head)
+        except Exception as exc:  # any failure of the plugin is only reported
+            report.anchor_error = f"audit head {entry.seq} not anchored: {error_text(exc)}"
+            log.warning(
+                "%s; the next pass anchors a later head",
+                report.anchor_error,
+                extra={"pass_id": report.pass_id},
+            )
+            return
+        report.anchor = head
+
+    def _record_pass(
+        self, conn: psycopg.Connection[Any] | None, report: PassReport
+    ) -> audit.AuditEntry | None:
         entry = audit_entries.purge_pass(
             pass_id=report.pass_id,
             instant=report.instant,
@@ -231,12 +258,12 @@ class Purger:
             if conn is None or conn.closed or conn.broken:
                 # The pass's connection broke: its outcome is recorded all the same.
                 with self._connect("purge") as fresh, fresh.transaction():
-                    audit.record(fresh, entry)
-                return
+                    return audit.record(fresh, entry)
             with conn.transaction():
-                audit.record(conn, entry)
+                return audit.record(conn, entry)
         except (PurgerError, psycopg.Error):
             log.exception("could not record the pass in the audit trail")
+        return None
 
     def _observe(self, report: PassReport, seconds: float) -> None:
         m = self.metrics

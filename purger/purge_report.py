@@ -167,6 +167,9 @@ class PassReport:
     outcome: str = OUTCOME_NOTHING
     categories: dict[str, CategoryReport] = field(default_factory=dict)
     error: str | None = None
+    # The audit head this pass published outside PostgreSQL, or why it was not.
+    anchor: dict[str, Any] | None = None
+    anchor_error: str | None = None
 
     @property
     def rows_purged(self) -> int:
@@ -202,4 +205,6 @@ class PassReport:
             "error": self.error,
             "rows_purged": self.rows_purged,
             "categories": {n: c.as_dict() for n, c in self.categories.items()},
+            "anchor": self.anchor,
+            "anchor_error": self.anchor_error,
         }

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         description="password overriding the one in database_url, given to libpq as its own "
         "parameter, never pasted into the URL: any character is fine (secret)",
     )
+    database_runtime_user: str | None = Field(
+        None,
+        description="login role that `purger migrate` makes a member of purger_runtime, the "
+        "least-privilege role of consumers, scheduler and operator commands (empty: none)",
+    )
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="comma-separated brokers")
     kafka_group_id: str = Field("purger", description="consumer group of all workers")
     kafka_client_id: str = Field("purger", description="Kafka client id")
@@ -59,6 +64,12 @@ class Settings(BaseSettings):
     dead_letter_suffix: str = Field(".dlq", description="dead-letter topic = <topic><suffix>")
     dead_letter_replication_factor: int = Field(
         1, ge=1, le=32, description="replicas of the dead-letter topics the purger creates"
+    )
+    audit_anchor_topic: str = Field(
+        "purger.audit-anchors",
+        min_length=1,
+        description="Kafka topic each purge pass publishes the audit chain head to, one topic "
+        "per database; `purger audit verify --anchors` checks the chain against every head in it",
     )
     topic_check_interval_seconds: int = Field(
         3600, ge=0, description="seconds between checks of the topics' retention (0: never)"

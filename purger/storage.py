@@ -118,9 +118,19 @@ class Storage:
             self.conn.rollback()
 
     # -- schema -----------------------------------------------------------------
-    def migrate(self, partitions_ahead: int = 3, now: datetime | None = None) -> list[str]:
-        """Apply migrations, create category tables and the partitions needed soon."""
+    def migrate(
+        self,
+        partitions_ahead: int = 3,
+        now: datetime | None = None,
+        runtime_user: str | None = None,
+    ) -> list[str]:
+        """Apply migrations, create category tables and the partitions needed soon.
+
+        ``runtime_user`` (a login role) is made a member of ``purger_runtime``.
+        """
         applied = migrations.migrate(self.conn)
+        if runtime_user:
+            migrations.grant_runtime(self.conn, runtime_user)
         for category in self.policy.categories.values():
             ensure_category_table(self.conn, category)
             self.partitions.ensure_ahead(

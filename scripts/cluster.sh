@@ -496,8 +496,15 @@ cmd_load() {
             || fail "ctr import $image" "$LOGS/import.log"
         log "loaded $image (${id:0:12}) into the node"
     done
-    # Archives of images that no longer exist are stale.
-    find "$IMAGES" -name '*.tar' ! -name pause.tar -mtime +7 -delete 2>/dev/null || true
+    # Archives of images that no longer exist in the buildah store are stale (each image
+    # build leaves one otherwise).
+    local ids keep
+    ids="$("$SCRIPT_DIR/image.sh" buildah images --no-trunc --format '{{.ID}}' 2>/dev/null)" || return 0
+    for tar in "$IMAGES"/*.tar; do
+        [[ -e "$tar" && "$(basename "$tar")" != pause.tar ]] || continue
+        keep="$(basename "$tar" .tar)"
+        grep -q "^\(sha256:\)\{0,1\}$keep" <<<"$ids" || rm -f "$tar"
+    done
 }
 
 # ------------------------------------------------------------------------------------ down

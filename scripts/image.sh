@@ -192,6 +192,10 @@ cmd_build() {
         -v /etc/ssl/certs:/etc/ssl/certs:ro --env PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
         -t "$PURGER_IMAGE" -f "$REPO_DIR/Dockerfile" "$REPO_DIR" >"$logfile" 2>&1 \
         || fail "buildah bud $PURGER_IMAGE" "$logfile"
+    # The previous build's images are dangling now; with the vfs driver every layer is a full
+    # copy of the root filesystem, so keeping them would grow the store by hundreds of MB per
+    # change of the code.
+    bh rmi --prune >>"$logfile" 2>&1 || log "warning: buildah rmi --prune failed (see $logfile)"
     log "built $PURGER_IMAGE in $((SECONDS - start)) s ($(bh inspect --type image --format '{{.FromImageID}}' "$PURGER_IMAGE" | cut -c1-12))"
 }
 

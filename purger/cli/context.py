@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from purger import logs
+from purger.errors import ConfigError
+from purger.ingest import load_plugin
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy, load_policy
-from purger.purge import Purger
+from purger.purge import Anchor, Purger
 from purger.settings import Settings, describe_settings, load_settings
 from purger.storage import Storage
 from purger.topic_retention import targets as topic_targets
@@ -68,7 +70,18 @@ class Context:
             lock_timeout_ms=s.lock_timeout_ms,
             statement_timeout_ms=s.statement_timeout_ms,
             delete_batch_size=s.delete_batch_size,
+            anchor=self.anchor(),
         )
+
+    def anchor(self) -> Anchor | None:
+        """Publishes each pass's audit head to ``audit_anchor_topic`` through the plugin."""
+        try:
+            plugin = load_plugin()
+        except ConfigError as exc:
+            log.warning("audit heads are not anchored outside PostgreSQL: %s", exc)
+            return None
+        settings = self.settings
+        return lambda head: plugin.publish_anchor(settings, head)
 
     def storage(self, application: str = "cli") -> Storage:
         """A storage handle."""

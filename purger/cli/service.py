@@ -20,7 +20,9 @@ from purger.topic_retention import check_topics
 
 def cmd_migrate(ctx: Context) -> int:
     with ctx.storage("migrate") as storage:
-        applied = storage.migrate(ctx.settings.partitions_ahead)
+        applied = storage.migrate(
+            ctx.settings.partitions_ahead, runtime_user=ctx.settings.database_runtime_user
+        )
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     print(f"category tables ready: {', '.join(ctx.policy.categories)}")
     return EXIT_OK

@@ -24,6 +24,16 @@ SELECT to_regclass(format('purger.%%I', %(name)s::text)) IS NOT NULL;
 CREATE TABLE purger.{partition} PARTITION OF purger.{parent}
 FOR VALUES FROM ({start}) TO ({end});
 
+-- name: runtime_owner_needed
+-- A category table not yet owned by purger_runtime (0006), the role whose members
+-- create partitions, detach, drop and vacuum them. False before 0006.
+SELECT to_regrole('purger_runtime') IS NOT NULL
+       AND c.relowner <> to_regrole('purger_runtime')
+FROM pg_class c WHERE c.oid = to_regclass(format('purger.%%I', %(name)s::text));
+
+-- name: hand_over
+ALTER TABLE purger.{table} OWNER TO purger_runtime;
+
 -- name: register_partition
 INSERT INTO purger.partitions (partition_name, category, range_start, range_end)
 VALUES (%(name)s, %(category)s, %(start)s, %(end)s)

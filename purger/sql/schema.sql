@@ -8,6 +8,29 @@
 
 CREATE SCHEMA purger;
 
+-- Name: audit_head_guard(); Type: FUNCTION; Schema: purger; Owner: -
+
+CREATE FUNCTION purger.audit_head_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP NOT IN ('INSERT', 'UPDATE') THEN
+        RAISE EXCEPTION 'purger.audit_head keeps the chain head: % refused', TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.seq < OLD.seq THEN
+        RAISE EXCEPTION 'the audit chain head cannot move back from % to %', OLD.seq, NEW.seq
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM purger.audit_log l WHERE l.seq = NEW.seq AND l.hash = NEW.hash)
+    THEN
+        RAISE EXCEPTION 'the audit chain head must name an entry of the trail (seq %)', NEW.seq
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
 -- Name: audit_log_refuse_change(); Type: FUNCTION; Schema: purger; Owner: -
 
 CREATE FUNCTION purger.audit_log_refuse_change() RETURNS trigger
@@ -219,6 +242,14 @@ CREATE INDEX legal_holds_active_idx ON purger.legal_holds USING btree (id) WHERE
 -- Name: partitions_category_range_end_idx; Type: INDEX; Schema: purger; Owner: -
 
 CREATE INDEX partitions_category_range_end_idx ON purger.partitions USING btree (category, range_end);
+
+-- Name: audit_head audit_head_guard; Type: TRIGGER; Schema: purger; Owner: -
+
+CREATE TRIGGER audit_head_guard BEFORE INSERT OR DELETE OR UPDATE ON purger.audit_head FOR EACH ROW EXECUTE FUNCTION purger.audit_head_guard();
+
+-- Name: audit_head audit_head_no_truncate; Type: TRIGGER; Schema: purger; Owner: -
+
+CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON purger.audit_head FOR EACH STATEMENT EXECUTE FUNCTION purger.audit_head_guard();
 
 -- Name: audit_log audit_log_append_only; Type: TRIGGER; Schema: purger; Owner: -
 

@@ -781,3 +781,50 @@ def test_the_documented_operator_job_command_renders(helm: str) -> None:
         "case closed",
         "--json",
     ]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_the_migrate_job_alone_connects_as_the_owner(render: Any) -> None:
+    docs = render(
+        None,
+        "database.existingSecret=purger-db-runtime",
+        "database.passwordKey=password",
+        "database.runtimeUser=purger_app",
+        "database.migrate.existingSecret=purger-db-owner",
+        "database.migrate.urlKey=owner-url",
+        "operatorJob.enabled=true",
+    )
+    seen = set()
+    for doc, spec in pod_specs(docs):
+        component = doc["metadata"]["labels"].get("app.kubernetes.io/component", "")
+        for container in spec["containers"]:
+            env = _env(container)
+            if "PURGER_DATABASE_URL" not in env:
+                continue  # the helm test pod
+            url = env["PURGER_DATABASE_URL"]["secretKeyRef"]
+            seen.add(component)
+            if component == "migrate":
+                assert url == {"name": "purger-db-owner", "key": "owner-url"}
+                assert "PURGER_DATABASE_PASSWORD" not in env
+                assert env["PURGER_DATABASE_RUNTIME_USER"] == "purger_app"
+            else:
+                assert url == {"name": "purger-db-runtime", "key": "url"}
+                assert (
+                    env["PURGER_DATABASE_PASSWORD"]["secretKeyRef"]["name"] == "purger-db-runtime"
+                )
+                assert "PURGER_DATABASE_RUNTIME_USER" not in env
+            assert env["PURGER_AUDIT_ANCHOR_TOPIC"] == "purger.audit-anchors"
+    assert "migrate" in seen and len(seen) >= 3, seen
+
+
+def test_without_an_owner_secret_the_migrate_job_uses_the_runtime_one(render: Any) -> None:
+    (job,) = [
+        j
+        for j in by_kind(render(), "Job")
+        if j["metadata"]["labels"]["app.kubernetes.io/component"] == "migrate"
+    ]
+    env = _env(job["spec"]["template"]["spec"]["containers"][0])
+    assert env["PURGER_DATABASE_URL"]["secretKeyRef"] == {"name": "purger-database", "key": "url"}

@@ -12,6 +12,7 @@ The suite is collected only when asked for (`pytest tests/e2e` or PURGER_E2E=1):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import shlex
 import string
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -227,33 +229,49 @@ import json, sys, time, datetime
 from kafka import KafkaProducer
 bootstrap, topic, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
 count, rate = int(sys.argv[4]), float(sys.argv[5])
-age_days = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+age_s = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+tenant = sys.argv[7] if len(sys.argv) > 7 else "e2e"
 producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=10, linger_ms=5)
 start = time.monotonic()
+futures = []
 for i in range(count):
-    occurred = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=age_days)
+    occurred = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age_s)
     record = {
         "record_id": f"{prefix}-{i:06d}",
         "occurred_at": occurred.isoformat(),
-        "tenant": "e2e",
+        "tenant": tenant,
         "subjects": {"msisdn": f"+3161{i % 10000000:07d}"},
         "duration_s": i % 600,
     }
-    producer.send(topic, key=record["record_id"].encode(), value=json.dumps(record).encode())
+    futures.append(
+        producer.send(topic, key=record["record_id"].encode(), value=json.dumps(record).encode())
+    )
     if rate > 0:
         delay = start + (i + 1) / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
 producer.flush(60)
+acked = sum(1 for f in futures if f.succeeded())
 producer.close(30)
-print(json.dumps({"produced": count}))
+print(json.dumps({"produced": acked}))
+sys.exit(0 if acked == count else 1)
 """
 
 
 def produce(
-    prefix: str, count: int, *, topic: str = "telecom.cdr", rate: float = 0, age_days: float = 0
+    prefix: str,
+    count: int,
+    *,
+    topic: str = "telecom.cdr",
+    rate: float = 0,
+    age_s: float = 0,
+    tenant: str = "e2e",
+    target: str = "deploy/purger",
 ) -> None:
-    """Produce from inside the cluster (kubectl exec into the purger pod, where Kafka is)."""
+    """Produce from inside the cluster (kubectl exec into a purger pod, where Kafka is).
+
+    Record ids are `{prefix}-{i:06d}`; every record is acknowledged by the broker (acks=all).
+    """
     done = purger_exec(
         "python",
         "-c",
@@ -263,10 +281,51 @@ def produce(
         prefix,
         str(count),
         str(rate),
-        str(age_days),
+        str(age_s),
+        tenant,
+        target=target,
         timeout=300,
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"produced": count}
+
+
+def psql(sql: str) -> list[str]:
+    """Rows of a query, run in the in-cluster PostgreSQL pod (local socket, no password)."""
+    done = kubectl(
+        "-n", "db", "exec", "deploy/postgres", "--",
+        "psql", "-h", "/tmp", "-U", "purger", "-d", "purger", "-v", "ON_ERROR_STOP=1",
+        "-At", "-c", sql,
+    )  # fmt: skip
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def stored_ids(prefix: str, category: str = "cdr") -> list[str]:
+    """Ids of the stored records `{prefix}-*` of a category (live and held), with repeats."""
+    assert re.fullmatch(r"[a-z0-9_]+", prefix + category), (prefix, category)
+    return psql(
+        f"SELECT record_id FROM purger.records_{category} WHERE record_id LIKE '{prefix}-%' "
+        f"UNION ALL SELECT record_id FROM purger.held_{category} WHERE record_id LIKE '{prefix}-%'"
+    )
+
+
+def assert_ids_stored(prefix: str, count: int, category: str = "cdr", timeout: float = 120) -> None:
+    """Every produced id `{prefix}-000000..` stored exactly once: nothing lost, nothing doubled."""
+    expected = {f"{prefix}-{i:06d}" for i in range(count)}
+    with contextlib.suppress(AssertionError):  # a timeout is reported below, with the ids
+        wait_until(
+            f"{count} {category} records {prefix}-* stored",
+            lambda: expected <= set(stored_ids(prefix, category)),
+            timeout,
+            2,
+        )
+    ids = stored_ids(prefix, category)
+    missing = sorted(expected - set(ids))
+    doubled = sorted(i for i, n in Counter(ids).items() if n > 1)
+    unknown = sorted(set(ids) - expected)
+    assert not (missing or doubled or unknown), (
+        f"{prefix}: {len(missing)} lost {missing[:20]}, {len(doubled)} doubled {doubled[:20]}, "
+        f"{len(unknown)} unexpected {unknown[:20]}"
+    )
 
 
 def producer_pod_manifest(name: str, prefix: str, count: int, rate: float, image: str) -> str:

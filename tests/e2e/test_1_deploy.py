@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from purger.exits import EXIT_NOTHING_TO_DO, EXIT_OK
 from tests.e2e.conftest import (
     CHART,
     NS,
+    assert_ids_stored,
     kjson,
     kubectl,
     metric,
@@ -25,6 +27,7 @@ from tests.e2e.conftest import (
     purger_exec,
     run,
     stored,
+    stored_ids,
     wait_pods_ready,
     wait_until,
 )
@@ -32,6 +35,20 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.e2e
 
 STATE: dict[str, Any] = {"cdr": 0}
+
+# A tenant whose cookie_stats records are kept two minutes, so that the suite sees records
+# stored, then destroyed by a scheduled purge pass.
+SHORT = "cookie_stats"
+SHORT_TOPIC = "web.cookie-stats"
+SHORT_TENANT = "e2e-short"
+SHORT_RETENTION_S = 120
+
+
+def e2e_policy() -> dict[str, Any]:
+    """The chart's default policy plus the short-lived tenant."""
+    policy: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())["policy"]
+    policy["categories"][SHORT]["tenant_overrides"] = {SHORT_TENANT: f"PT{SHORT_RETENTION_S}S"}
+    return policy
 
 
 def values(infra: dict[str, str], tmp: Path, **extra: Any) -> Path:
@@ -42,6 +59,7 @@ def values(infra: dict[str, str], tmp: Path, **extra: Any) -> Path:
         "kafka": {"bootstrapServers": infra["bootstrap"]},
         # A purge pass every minute, so the suite sees scheduled passes.
         "config": {"purgeSchedule": "* * * * *"},
+        "policy": e2e_policy(),
     }
     for key, value in extra.items():
         doc[key] = value
@@ -137,22 +155,44 @@ def test_records_are_ingested_as_the_metrics_show() -> None:
         every=2,
     )
     assert stored("cdr") == STATE["cdr"]
+    assert_ids_stored("ingest", 200)
 
 
-def test_purge_passes_run_on_schedule() -> None:
-    # config.purgeSchedule is every minute: a scheduled pass completes within about two.
+def test_purge_passes_run_on_schedule_and_destroy_expired_records() -> None:
+    # config.purgeSchedule is every minute. Records stored 45 s before their expiry are
+    # destroyed by the first scheduled pass after it (nobody runs `purger purge` here).
     def passes() -> float:
         samples = metrics()
         return sum(v for k, v in samples.items() if k.startswith("purger_purge_runs_total{"))
 
-    wait_until("a scheduled purge pass (purger_purge_runs_total)", lambda: passes() >= 1, 150, 5)
+    before = metric(metrics(), "purger_records_purged_total", category=SHORT)
+    produce("short", 30, topic=SHORT_TOPIC, age_s=SHORT_RETENTION_S - 45, tenant=SHORT_TENANT)
+    assert_ids_stored("short", 30, category=SHORT, timeout=40)
+    wait_until(
+        f"a scheduled pass to destroy the 30 expired {SHORT} records",
+        lambda: not stored_ids("short", SHORT),
+        SHORT_RETENTION_S + 120,
+        5,
+    )
+    wait_until(
+        "purger_records_purged_total to count them",
+        lambda: metric(metrics(), "purger_records_purged_total", category=SHORT) - before >= 30,
+        60,
+        2,
+    )
+    assert passes() >= 1
     assert metric(metrics(), "purger_last_purge_success_timestamp_seconds") > time.time() - 300
+    assert stored(SHORT) == 0
 
 
 # ------------------------------------------------------------------------------------ operators
 def test_operator_workflows_of_the_readme() -> None:
-    dry = json.loads(purger_exec("purger", "purge", "--dry-run", "--json", check=False).stdout)
-    assert dry, "purge --dry-run --json printed nothing"
+    before = stored("cdr")
+    dry = purger_exec("purger", "purge", "--dry-run", "--json", check=False)
+    assert dry.returncode in (EXIT_OK, EXIT_NOTHING_TO_DO), dry.stderr[-2000:]
+    report = json.loads(dry.stdout)
+    assert report["dry_run"] is True and report["outcome"], report
+    assert stored("cdr") == before, "a dry run removed records"
     placed = purger_exec(
         "purger",
         "hold",
@@ -164,49 +204,59 @@ def test_operator_workflows_of_the_readme() -> None:
         "--by",
         "e2e",
         "--msisdn",
-        "+31612345678",
+        "+31610000002",
         "--json",
     )
     hold = json.loads(placed.stdout)
-    hold_id = str(hold.get("id") or hold.get("hold_id") or hold["hold"]["id"])
-    purger_exec("purger", "hold", "release", hold_id, "--by", "e2e", "--reason", "case closed")
+    assert hold["active"] is True and hold["case_ref"] == "CASE-2026-001", hold
+    # The one stored record of that subject (ingest-000002).
+    assert sum(hold["preserved"].values()) == 1, hold
+    released = purger_exec(
+        "purger", "hold", "release", str(hold["id"]), "--by", "e2e", "--reason", "case closed"
+    )
+    assert released.returncode == 0
+    listed = json.loads(purger_exec("purger", "hold", "list", "--json").stdout)
+    assert [h["active"] for h in listed if h["id"] == hold["id"]] == [False], listed
     export = purger_exec(
         "purger", "subject", "export", "--msisdn", "+31610000001", "--format", "csv"
     )
-    assert "ingest-000001" in export.stdout, export.stdout[:2000]
+    rows = export.stdout.strip().splitlines()
+    assert len(rows) == 2 and "ingest-000001" in rows[1], export.stdout[:2000]
     verify = purger_exec("purger", "audit", "verify")
     assert verify.returncode == 0
+    assert stored("cdr") == before
 
 
 # ------------------------------------------------------------------------------------ restart
 def test_a_rolling_restart_while_producing_loses_and_duplicates_nothing(
     infra: dict[str, str],
 ) -> None:
-    count = 1500
+    count, rate = 2400, 60  # 40 s of production, around the restart
     kubectl(
         "apply",
         "-f",
         "-",
-        input=producer_pod_manifest("producer-restart", "restart", count, 60, infra["image"]),
+        input=producer_pod_manifest("producer-restart", "restart", count, rate, infra["image"]),
     )
-    wait_until(
-        "the producer to start",
-        lambda: (
-            kjson("-n", NS, "get", "pod", "producer-restart")["status"].get("phase")
-            in ("Running", "Succeeded")
-        ),
-        60,
-    )
+    # Restart only once records flow, so the old pod is stopped in the middle of the stream.
+    wait_until("the first records of the producer stored", lambda: stored_ids("restart"), 90)
+    old_pods = set(wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=60))
     kubectl("-n", NS, "rollout", "restart", "deploy/purger")
     kubectl("-n", NS, "rollout", "status", "deploy/purger", "--timeout=240s", timeout=260)
+    phase = kjson("-n", NS, "get", "pod", "producer-restart")["status"]["phase"]
+    assert phase == "Running", f"the producer was {phase} after the restart: no overlap to test"
     wait_until(
         "the producer to finish",
         lambda: kjson("-n", NS, "get", "pod", "producer-restart")["status"]["phase"] == "Succeeded",
         180,
         2,
     )
+    logs = kubectl("-n", NS, "logs", "producer-restart").stdout
+    assert json.loads(logs.strip().splitlines()[-1]) == {"produced": count}, logs[-2000:]
     STATE["cdr"] += count
-    wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=120)
+    new_pods = set(wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=120))
+    assert not old_pods & new_pods, (old_pods, new_pods)
+    assert_ids_stored("restart", count)
     assert_no_loss("cdr", STATE["cdr"])
     kubectl("-n", NS, "delete", "pod", "producer-restart", "--wait=false")
 
@@ -229,7 +279,7 @@ def assert_no_loss(
 def test_upgrade_with_a_changed_policy_reruns_the_migrate_hook(
     infra: dict[str, str], tmp_path: Path
 ) -> None:
-    policy = yaml.safe_load((CHART / "values.yaml").read_text())["policy"]
+    policy = e2e_policy()
     policy["version"] = "2026-12-31.1"
     policy["categories"]["cdr"]["retention"] = "P7M"
     my_values = values(infra, tmp_path, policy=policy)
@@ -288,6 +338,8 @@ def test_uninstall_keeps_the_data_and_split_mode_installs(
     wait_pods_ready(NS, "app.kubernetes.io/instance=purger", timeout=180, expect=2)
     # The records stored before the uninstall are all still there.
     assert stored("cdr", target="deploy/purger-scheduler") == STATE["cdr"]
+    assert_ids_stored("ingest", 200)
+    assert_ids_stored("restart", 2400)
     purger_exec("purger", "audit", "verify", target="deploy/purger-scheduler")
 
 

@@ -161,8 +161,34 @@ Checks of the values that a JSON schema cannot express. Included by every worklo
 
 {{/*
 Environment of every purger container: settings from values, credentials from existing Secrets.
+The long-running pods and the operator Job connect with the runtime role (database.existingSecret).
 */}}
 {{- define "purger.env" -}}
+{{ include "purger.envFor" (list . "runtime") }}
+{{- end }}
+
+{{/*
+The database Secret of a role: "runtime" (database.*) or "migrate" (database.migrate.*, falling
+back to the runtime Secret when database.migrate.existingSecret is empty).
+*/}}
+{{- define "purger.databaseSecret" -}}
+{{- $root := index . 0 }}
+{{- $role := index . 1 }}
+{{- $db := $root.Values.database }}
+{{- if and (eq $role "migrate") $db.migrate.existingSecret }}
+{{- toJson (dict "name" $db.migrate.existingSecret "urlKey" $db.migrate.urlKey "passwordKey" $db.migrate.passwordKey) }}
+{{- else }}
+{{- toJson (dict "name" $db.existingSecret "urlKey" $db.urlKey "passwordKey" $db.passwordKey) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of a purger container connecting as a role: include "purger.envFor" (list . "migrate")
+*/}}
+{{- define "purger.envFor" -}}
+{{- $role := index . 1 }}
+{{- $secret := include "purger.databaseSecret" . | fromJson }}
+{{- with index . 0 }}
 - name: PURGER_HTTP_HOST
   value: "0.0.0.0"
 - name: PURGER_HTTP_PORT
@@ -179,17 +205,23 @@ Environment of every purger container: settings from values, credentials from ex
   value: {{ .Values.config.defaultCountryCode | toString | quote }}
 - name: PURGER_LIVENESS_TIMEOUT_SECONDS
   value: {{ .Values.config.livenessTimeoutSeconds | default 180 | toString | quote }}
+- name: PURGER_AUDIT_ANCHOR_TOPIC
+  value: {{ .Values.config.auditAnchorTopic | quote }}
 - name: PURGER_DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.database.existingSecret | quote }}
-      key: {{ .Values.database.urlKey | quote }}
-{{- if .Values.database.passwordKey }}
+      name: {{ $secret.name | quote }}
+      key: {{ $secret.urlKey | quote }}
+{{- if $secret.passwordKey }}
 - name: PURGER_DATABASE_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.database.existingSecret | quote }}
-      key: {{ .Values.database.passwordKey | quote }}
+      name: {{ $secret.name | quote }}
+      key: {{ $secret.passwordKey | quote }}
+{{- end }}
+{{- if and (eq $role "migrate") .Values.database.runtimeUser }}
+- name: PURGER_DATABASE_RUNTIME_USER
+  value: {{ .Values.database.runtimeUser | quote }}
 {{- end }}
 - name: PURGER_KAFKA_BOOTSTRAP_SERVERS
   value: {{ .Values.kafka.bootstrapServers | quote }}
@@ -225,6 +257,7 @@ Environment of every purger container: settings from values, credentials from ex
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end }}
 
