@@ -135,10 +135,7 @@ class Purger:
             )
         finally:
             report.finished_at = datetime.now(UTC)
-            if locked and not dry_run:
-                recorded = self._record_pass(conn, report)
-                if recorded is not None:
-                    self._publish_anchor(recorded, report)
+            recorded = self._record_pass(conn, report) if locked and not dry_run else None
             if conn is not None:
                 if locked and not conn.broken:
                     # The server drops a closed session's locks only once it notices;
@@ -146,6 +143,10 @@ class Purger:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute(query("unlock"), {"key": PASS_LOCK})
                 conn.close()
+            if recorded is not None:
+                # After the pass lock is released: a broker that is away delays only
+                # this report, never the next pass.
+                self._publish_anchor(recorded, report)
         if not dry_run:
             self._observe(report, time.perf_counter() - started)
         return report

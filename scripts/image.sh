@@ -59,41 +59,10 @@ DEBIAN_MIRRORS=(
 
 mkdir -p "$LOGS"
 
-log() { printf '[image] %s\n' "$*" >&2; }
-
-fail() {
-    local step="$1"
-    shift
-    log "FAILED: $step"
-    local f
-    for f in "$@"; do
-        if [[ -f "$f" ]]; then
-            log "---- last 40 lines of $f ----"
-            tail -n 40 "$f" >&2 || true
-        fi
-    done
-    exit 1
-}
-
-SUDO=""
-if [[ "$(id -u)" -ne 0 ]] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-
-APT_UPDATED=0
-apt_install() {
-    local missing=() p logfile="$LOGS/apt.log"
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    ((${#missing[@]})) || return 0
-    if [[ "$APT_UPDATED" -eq 0 ]]; then
-        log "apt-get update (log: $logfile)"
-        $SUDO apt-get update >>"$logfile" 2>&1 || fail "apt-get update" "$logfile"
-        APT_UPDATED=1
-    fi
-    log "apt-get install ${missing[*]} (log: $logfile)"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" \
-        >>"$logfile" 2>&1 || fail "apt-get install ${missing[*]}" "$logfile"
-}
+LOG_TAG=image
+APT_LOG_DIR="$LOGS"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 bh() { buildah --root "$STORE" --runroot "$RUNROOT" --storage-driver vfs "$@"; }
 

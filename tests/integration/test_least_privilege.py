@@ -23,7 +23,9 @@ from psycopg.types.json import Jsonb
 from consumers.service import PLUGIN
 from purger import audit, hold_registry, hold_scope
 from purger.policy import RetentionPolicy
+from purger.purge import PASS_LOCK
 from purger.purge_report import COMPLETED
+from purger.queries import query
 from purger.storage import Storage
 from tests.integration.conftest import Services, SettingsFactory
 from tests.integration.purge_support import (
@@ -242,3 +244,21 @@ def test_a_failed_anchor_is_reported_and_deletes_stand(
     assert report.categories["cdr"].partitions_dropped == 1
     assert report.anchor is None
     assert report.anchor_error is not None and "not anchored" in report.anchor_error
+
+
+def test_the_anchor_is_published_after_the_pass_lock_is_released(
+    database: str, make_settings: SettingsFactory, policy: RetentionPolicy
+) -> None:
+    # A broker that is away may hold up the publish; it must never hold up the next pass.
+    settings = make_settings()
+    free_while_publishing: list[bool] = []
+
+    def anchor(_head: dict[str, Any]) -> None:
+        with psycopg.connect(database, autocommit=True) as other:
+            row = other.execute(query("try_lock"), {"key": PASS_LOCK}).fetchone()
+            free_while_publishing.append(bool(row and row[0]))
+
+    report = make_purger(settings, policy, anchor=anchor).run_pass()
+
+    assert report.outcome in COMPLETED, report.as_dict()
+    assert free_while_publishing == [True]
