@@ -23,7 +23,8 @@ from kafka.errors import (
 )
 from prometheus_client import multiprocess
 
-from consumers.anchors import publish_anchor, read_anchors
+from consumers.anchors import publish_anchor
+from consumers.anchors import read_anchors as _read_anchors
 from consumers.kafka_config import client_options
 from consumers.summary import IngestSummary
 from consumers.workers import run_inline, run_processes
@@ -206,6 +207,17 @@ class MultiprocessMetrics:
         """Remove the directory."""
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_anchors(settings: Settings) -> list[dict[str, Any]]:
+    """Every anchored audit head; KafkaUnavailable (a clear message) when the broker is away."""
+    try:
+        return _read_anchors(settings)
+    except KafkaError as exc:
+        raise KafkaUnavailable(
+            f"reading audit anchors from {settings.audit_anchor_topic}: "
+            f"{exc.__class__.__name__}"
+        ) from exc
 
 
 class KafkaIngest:

@@ -108,6 +108,14 @@ def install_as_in_readme(
 
 
 # ------------------------------------------------------------------------------------ install
+
+
+def helm_upgrade(my_values: Path) -> None:
+    """`helm upgrade` of the release with ``my_values``, waiting for it as the README does."""
+    upgrade = ["helm", "upgrade", "purger", "deploy/helm/purger", "-n", NS]
+    run([*upgrade, "-f", str(my_values), "--wait", "--timeout", "5m"], timeout=400)
+
+
 def test_install_with_hooks_into_a_restricted_namespace(
     infra: dict[str, str], tmp_path: Path
 ) -> None:
@@ -283,22 +291,7 @@ def test_upgrade_with_a_changed_policy_reruns_the_migrate_hook(
     policy["version"] = "2026-12-31.1"
     policy["categories"]["cdr"]["retention"] = "P7M"
     my_values = values(infra, tmp_path, policy=policy)
-    run(
-        [
-            "helm",
-            "upgrade",
-            "purger",
-            "deploy/helm/purger",
-            "-n",
-            NS,
-            "-f",
-            str(my_values),
-            "--wait",
-            "--timeout",
-            "5m",
-        ],
-        timeout=400,
-    )
+    helm_upgrade(my_values)
     runs = hook_runs()
     assert runs["purger-migrate"]["phase"] == "Succeeded"
     assert runs["purger-migrate"]["started_at"] != STATE["migrate_started"]
@@ -378,22 +371,7 @@ def test_monitoring_values_install_with_the_operator_crds(
         prometheusRule={"enabled": True},
         grafanaDashboard={"enabled": True, "namespace": "monitoring"},
     )
-    run(
-        [
-            "helm",
-            "upgrade",
-            "purger",
-            "deploy/helm/purger",
-            "-n",
-            NS,
-            "-f",
-            str(my_values),
-            "--wait",
-            "--timeout",
-            "5m",
-        ],
-        timeout=400,
-    )
+    helm_upgrade(my_values)
     assert kjson("-n", NS, "get", "servicemonitors")["items"]
     assert kjson("-n", NS, "get", "prometheusrules")["items"]
     assert kjson("-n", "monitoring", "get", "configmaps", "-l", "grafana_dashboard=1")["items"]

@@ -36,7 +36,7 @@ from tests.integration.purge_support import (
     purge_env,
     seed_backdated,
 )
-from tests.integration.support import purger_cli
+from tests.integration.support import free_port, purger_cli, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +262,16 @@ def test_the_anchor_is_published_after_the_pass_lock_is_released(
 
     assert report.outcome in COMPLETED, report.as_dict()
     assert free_while_publishing == [True]
+
+
+def test_verify_anchors_without_a_broker_says_so(
+    database: str, make_settings: SettingsFactory, policy: RetentionPolicy
+) -> None:
+    settings = make_settings(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    env = {**settings_env(settings), "PURGER_DATABASE_URL": database}
+
+    result = purger_cli("audit", "verify", "--anchors", env=env)
+
+    assert result.returncode == 1, result.stderr
+    assert "reading audit anchors" in result.stderr
+    assert "Traceback" not in result.stderr
