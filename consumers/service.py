@@ -215,8 +215,7 @@ def read_anchors(settings: Settings) -> list[dict[str, Any]]:
         return _read_anchors(settings)
     except KafkaError as exc:
         raise KafkaUnavailable(
-            f"reading audit anchors from {settings.audit_anchor_topic}: "
-            f"{exc.__class__.__name__}"
+            f"reading audit anchors from {settings.audit_anchor_topic}: {exc.__class__.__name__}"
         ) from exc
 
 
