@@ -31,6 +31,17 @@ class Kind(enum.StrEnum):
     PARTITION_VACUUMED = "partition_vacuumed"
     HOLD_PLACED = "hold_placed"
     HOLD_RELEASED = "hold_released"
+    # Data-subject requests: built by purger/request_entries.py.
+    SUBJECT_REQUEST_OPENED = "subject_request_opened"
+    SUBJECT_REQUEST_EXTENDED = "subject_request_extended"
+    SUBJECT_REQUEST_CLOSED = "subject_request_closed"
+    SUBJECT_ERASED = "subject_erased"
+    SUBJECT_EXPORTED = "subject_exported"
+    RESTRICTED_READ = "restricted_read"
+    POLICY_APPLIED = "policy_applied"
+    RECORDS_RETAGGED = "records_retagged"
+    CATEGORY_RETIRED = "category_retired"
+    CATEGORY_DROPPED = "category_dropped"
 
 
 @dataclass(frozen=True, slots=True)

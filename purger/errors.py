@@ -90,3 +90,7 @@ class AuditError(PurgerError):
 
 class HoldError(PurgerError):
     """A legal hold request is invalid or refers to an unknown hold."""
+
+
+class RequestError(PurgerError):
+    """A data-subject request is invalid, unknown, closed, or refused what was asked."""

@@ -34,7 +34,7 @@ from purger.db import wrap_errors
 from purger.errors import HoldError
 from purger.hold_registry import Hold, active_holds
 from purger.hold_scope import prefilter
-from purger.partitions import held_table, parent_table
+from purger.partitions import held_table, keys_table, parent_table
 from purger.queries import query, template
 
 
@@ -170,6 +170,7 @@ def purge_released(
     """
     tables: dict[str, Any] = {
         "held": sql.Identifier(held_table(category)),
+        "keys": sql.Identifier(keys_table(category)),
         "covered": query("covered_by_active_hold"),
     }
     values = {"t": t, "category": category}
@@ -183,23 +184,22 @@ def purge_released(
 
 
 def store_expired(
-    conn: psycopg.Connection[Any], category: str, staging: str, now: datetime, oldest: datetime
+    conn: psycopg.Connection[Any], category: str, staging: str, now: datetime, rule_version: int
 ) -> tuple[int, int]:
     """Move staged records expired at ``now`` and held by an active hold to held storage.
 
     Runs in the ingest transaction; returns (held, inserted): held minus
-    inserted were already stored. ``oldest`` is the earliest expiry among the
-    staged expired records: only partitions from there to ``now`` are looked at.
+    inserted were already stored (the key registry has them, under any expiry).
     """
     row = conn.execute(
         template(
             "store_held_from_staging",
             staging=sql.Identifier(staging),
-            parent=sql.Identifier(parent_table(category)),
+            keys=sql.Identifier(keys_table(category)),
             held=sql.Identifier(held_table(category)),
             covered=query("covered_by_active_hold"),
         ),
-        {"now": now, "oldest": oldest, "category": category},
+        {"now": now, "category": category, "rule_version": rule_version},
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

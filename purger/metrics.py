@@ -1,6 +1,6 @@
 """Every Prometheus metric of the purger, on a registry that tests can replace.
 
-Labels are bounded: category, topic, reason, outcome. Series are pre-created so
+Labels are bounded: category, topic, reason, outcome, request type. Series are pre-created so
 that dashboards show zeros instead of gaps. No label ever holds personal data.
 """
 
@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from purger.purge_report import CATEGORY_OUTCOMES, PURGE_OUTCOMES
 from purger.records import DEAD_LETTER_REASONS, REJECT_REASONS
+from purger.request_rules import REQUEST_TYPES
 
 INGEST_FAULT_KINDS = ("outage", "systemic")
 
@@ -144,6 +145,37 @@ class Metrics:
             ["category"],
             registry=r,
         )
+        self.subject_requests_open = Gauge(
+            "purger_subject_requests_open",
+            "Data-subject requests open, by type (erasure, restriction, access).",
+            ["type"],
+            registry=r,
+        )
+        self.subject_requests_overdue = Gauge(
+            "purger_subject_requests_overdue",
+            "Data-subject requests still open after their deadline (Art. 12(3)), by type.",
+            ["type"],
+            registry=r,
+        )
+        self.policy_version_info = Gauge(
+            "purger_policy_version_info",
+            "1 for the applied policy version, labelled with its number, label and digest.",
+            ["version", "label", "digest"],
+            registry=r,
+        )
+        self.records_retagged = Counter(
+            "purger_records_retagged",
+            "Stored records re-tagged to their category's current rules, by category.",
+            ["category"],
+            registry=r,
+        )
+        self.records_over_retention = Gauge(
+            "purger_records_over_retention",
+            "Stored records whose expiry is later than the applied policy gives them "
+            "(re-tagging pending), by category; 0 once re-tagged.",
+            ["category"],
+            registry=r,
+        )
         self.topic_retention_excess = Gauge(
             "purger_topic_retention_excess_seconds",
             "How much longer than the policy allows a source or dead-letter topic may keep a "
@@ -171,6 +203,8 @@ class Metrics:
                 self.purge_category_outcomes.labels(category, outcome)
             self.overdue_records.labels(category)
             self.records_held.labels(category)
+            self.records_retagged.labels(category)
+            self.records_over_retention.labels(category)
             for reason in REJECT_REASONS:
                 self.records_rejected.labels(category, reason)
             for reason in DEAD_LETTER_REASONS:
@@ -182,6 +216,9 @@ class Metrics:
             self.topic_retention_excess.labels(topic)
         for outcome in PURGE_OUTCOMES:
             self.purge_runs.labels(outcome)
+        for kind in REQUEST_TYPES:
+            self.subject_requests_open.labels(kind)
+            self.subject_requests_overdue.labels(kind)
         for kind in INGEST_FAULT_KINDS:
             self.ingest_faulted.labels(kind)
             self.ingest_retries.labels(kind)

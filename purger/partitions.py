@@ -47,6 +47,11 @@ def parent_table(category: str) -> str:
     return f"records_{category}"
 
 
+def keys_table(category: str) -> str:
+    """The key registry of ``category``: one row per stored record, whatever its expiry."""
+    return f"keys_{category}"
+
+
 def held_table(category: str) -> str:
     """Name of the category's held storage (records kept past expiry by legal holds)."""
     return f"held_{category}"
@@ -112,7 +117,7 @@ class PartitionInfo:
 
 
 def ensure_category_table(conn: psycopg.Connection[Any], category: Category) -> None:
-    """Create (if missing) and register the category's partitioned parent and held table."""
+    """Create (if missing) and register the category's parent, held storage and key registry."""
     parent = parent_table(category.name)
     held = held_table(category.name)
     ddl = sql.SQL(sql_file("category_table.sql")).format(
@@ -122,6 +127,8 @@ def ensure_category_table(conn: psycopg.Connection[Any], category: Category) -> 
         held=sql.Identifier(held),
         held_gin_index=sql.Identifier(f"{held}_subject_keys_idx"),
         held_tenant_index=sql.Identifier(f"{held}_tenant_idx"),
+        keys=sql.Identifier(keys_table(category.name)),
+        keys_index=sql.Identifier(f"{keys_table(category.name)}_expires_at_idx"),
     )
     with wrap_errors(f"create table of category {category.name}"), conn.transaction():
         conn.execute(query("lock_partition_ddl"), {"category": category.name})
@@ -130,7 +137,7 @@ def ensure_category_table(conn: psycopg.Connection[Any], category: Category) -> 
             query("register_category"),
             {"name": category.name, "parent": parent, "topic": category.topic},
         )
-        for table in (parent, held):
+        for table in (parent, held, keys_table(category.name)):
             hand_over(conn, table)
 
 

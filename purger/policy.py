@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,22 @@ def shortest_span(duration: Duration) -> timedelta:
     )
 
 
+def shorter_somewhere(a: Duration, b: Duration) -> bool:
+    """True when ``a`` adds less time than ``b`` to some instant (so a < b as a bound).
+
+    P6M and P181D differ by month: P181D is shorter after some start days and
+    longer after others. Judged over the same start days as ``shortest_span``.
+    """
+    if not a.months and not b.months:
+        return a.exact < b.exact
+    return any(a.add_to(t) < b.add_to(t) for t in _span_starts())
+
+
+@lru_cache(maxsize=1)
+def _span_starts() -> tuple[datetime, ...]:
+    return tuple(_SPAN_START + timedelta(days=d) for d in range(_SPAN_DAYS))
+
+
 class CategoryPolicy(BaseModel):
     """One category of records: where it comes from and how long it is kept."""
 
@@ -70,6 +87,10 @@ class CategoryPolicy(BaseModel):
     dead_letter_topic: str | None = None
     dead_letter_retention: RetentionDuration | None = None
     tenant_overrides: dict[str, RetentionDuration] = Field(default_factory=dict)
+    # The legal floor and ceiling of the retention (and of every tenant override):
+    # a policy outside them is refused, and changing them needs an explicit flag.
+    minimum_retention: RetentionDuration | None = None
+    maximum_retention: RetentionDuration | None = None
 
     @field_validator("topic", "dead_letter_topic")
     @classmethod
@@ -112,6 +133,35 @@ class Category:
     def topic(self) -> str:
         """The Kafka topic the category is consumed from."""
         return self.policy.topic
+
+    def rules(self) -> dict[str, Any]:
+        """What decides the category's expiries, as stored in ``purger.category_rules``."""
+        p = self.policy
+        return {
+            "retention": str(p.retention),
+            "tenant_overrides": {t: str(d) for t, d in sorted(p.tenant_overrides.items())},
+            "minimum_retention": str(p.minimum_retention) if p.minimum_retention else None,
+            "maximum_retention": str(p.maximum_retention) if p.maximum_retention else None,
+        }
+
+    @property
+    def rule_digest(self) -> str:
+        """sha256 of ``rules()``: equal digests give equal expiries."""
+        return rules_digest(self.rules())
+
+    def bound_violations(self) -> list[str]:
+        """Where the retention or an override lies outside the category's own bounds."""
+        p = self.policy
+        spans = [("retention", p.retention)] + [
+            (f"tenant_overrides.{t}", d) for t, d in sorted(p.tenant_overrides.items())
+        ]
+        found = []
+        for key, duration in spans:
+            if p.minimum_retention and shorter_somewhere(duration, p.minimum_retention):
+                found.append(f"{key} {duration} is under minimum_retention {p.minimum_retention}")
+            if p.maximum_retention and shorter_somewhere(p.maximum_retention, duration):
+                found.append(f"{key} {duration} is over maximum_retention {p.maximum_retention}")
+        return found
 
     def retention_for(self, tenant: str) -> Duration:
         """The retention of ``tenant``'s records (its override, else the category's)."""
@@ -167,6 +217,11 @@ class RetentionPolicy:
             raise PolicyError(f"unknown category {name!r}; known: {known}") from None
 
 
+def rules_digest(rules: dict[str, Any]) -> str:
+    """The digest of a category's rules (``Category.rules()`` or as stored)."""
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_policy(path: Path, dead_letter_suffix: str = ".dlq") -> RetentionPolicy:
     """Load and validate the policy file; PolicyError names file, line, key and problem."""
     data, lines = load_yaml(path)
@@ -200,6 +255,17 @@ def _build(
                 )
             topics[topic] = name
         category = Category(name=name, policy=cat, dead_letter_topic=dlq)
+        for problem in category.bound_violations():
+            raise PolicyError(f"{where}: categories.{name}: {problem}")
+        if (
+            cat.minimum_retention
+            and cat.maximum_retention
+            and shorter_somewhere(cat.maximum_retention, cat.minimum_retention)
+        ):
+            raise PolicyError(
+                f"{where}: categories.{name}: maximum_retention {cat.maximum_retention} is under "
+                f"minimum_retention {cat.minimum_retention}"
+            )
         if category.dead_letter_retention > category.topic_retention:
             raise PolicyError(
                 f"{_where(path, lines, ('categories', name, 'dead_letter_retention'))}: "

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from purger import audit, audit_entries
+from purger import audit, audit_entries, erasure, retirement
 from purger.audit_entries import PolicyRef
 from purger.db import connect, wrap_errors
 from purger.errors import PurgerError
@@ -119,8 +119,17 @@ class Purger:
                 report.error = _ANOTHER_PASS
                 return report
             locked = True
+            with wrap_errors("list retired categories"):
+                retired = set(retirement.retired(conn))
+            if categories is None:
+                names += sorted(retired - set(names))
             report.instant = self._fix_instant(conn, names, now)
-            self._categories(conn, names, report, dry_run)
+            self._categories(conn, names, report, dry_run, retired)
+            if not dry_run:
+                # Erasure requests left for later: held records since released, late arrivals.
+                erasure.complete_deferred(
+                    conn, self.policy, pass_id=report.pass_id, categories=names
+                )
         except (PurgerError, psycopg.Error) as exc:
             # Before any category ran (connect, pass lock, instant). Fixing the
             # instant only waits for ingest transactions (its lock_timeout is the
@@ -152,7 +161,12 @@ class Purger:
         return report
 
     def _categories(
-        self, conn: psycopg.Connection[Any], names: list[str], report: PassReport, dry_run: bool
+        self,
+        conn: psycopg.Connection[Any],
+        names: list[str],
+        report: PassReport,
+        dry_run: bool,
+        retired: set[str],
     ) -> None:
         policy = PolicyRef(self.policy.version, self.policy.digest)
         for index, name in enumerate(names):
@@ -161,7 +175,8 @@ class Purger:
                 conn,
                 name,
                 pass_id=report.pass_id,
-                instant=report.instant,
+                # A retired category keeps nothing: all of it is destroyed now.
+                instant=retirement.RETIRED_INSTANT if name in retired else report.instant,
                 policy=policy,
                 delete_batch_size=self.delete_batch_size,
                 dry_run=dry_run,
@@ -169,6 +184,8 @@ class Purger:
             try:
                 with wrap_errors(f"purge {name}"):
                     category.run(out)
+                    if name in retired and not dry_run:
+                        retirement.drop_if_empty(conn, name, pass_id=report.pass_id)
             except (PurgerError, psycopg.Error) as exc:
                 out.outcome = interruption(exc) or OUTCOME_FAILURE
                 out.error = error_text(exc)

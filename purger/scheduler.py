@@ -22,16 +22,18 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from purger import policy_versions, retag
 from purger.db import connect
 from purger.errors import PurgerError
 from purger.metrics import Metrics
+from purger.partitions import PartitionManager
 from purger.purge import Purger
 from purger.purge_report import (
     COMPLETED,
@@ -103,8 +105,13 @@ class PurgeScheduler:
         leader_cooldown_ticks: int = 2,
         topic_check: Callable[[], None] | None = None,
         topic_check_interval_seconds: int = 0,
+        granularity: timedelta = timedelta(days=1),
+        retag_budget_seconds: float = 60.0,
     ) -> None:
         self.purger = purger
+        self.partitions = PartitionManager(granularity)
+        self.retag_budget_seconds = retag_budget_seconds
+        self._policy_version: tuple[str, str, str] | None = None
         self.metrics = metrics
         self.stats = Stats(purger.conninfo, purger.policy, metrics)
         self.leadership = Leadership(purger.conninfo)
@@ -130,6 +137,13 @@ class PurgeScheduler:
             IntervalTrigger(seconds=overdue_refresh_seconds, timezone=UTC),
             id="overdue",
             name="overdue gauge",
+            next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.add_job(
+            self.refresh_policy,
+            IntervalTrigger(seconds=overdue_refresh_seconds, timezone=UTC),
+            id="policy",
+            name="policy gauges",
             next_run_time=datetime.now(UTC),
         )
         if topic_check is not None and topic_check_interval_seconds > 0:
@@ -176,6 +190,8 @@ class PurgeScheduler:
                 self.metrics.purge_runs.labels(OUTCOME_NOT_LEADER).inc()
                 log.info("not the leader; another replica runs this pass")
                 return None
+            # Before the pass: a shortened retention makes records due at this pass.
+            self.retag()
             report = self.purger.run_pass()
             self.last_report = report
             self._after_pass(report)
@@ -217,3 +233,40 @@ class PurgeScheduler:
             self.stats.overdue()
         except PurgerError as exc:
             log.warning("overdue count failed: %s", exc)
+
+    def retag(self) -> None:
+        """Re-tag each category with records of an older rule version, within the budget."""
+        try:
+            with connect(self.purger.conninfo, autocommit=True, application="retag") as conn:
+                retagger = retag.Retagger(conn, self.partitions)
+                for name in sorted(policy_versions.applied_categories(conn)):
+                    report = retagger.run(name, budget_seconds=self.retag_budget_seconds)
+                    if report.retagged:
+                        self.metrics.records_retagged.labels(name).inc(report.retagged)
+        except (PurgerError, psycopg.Error) as exc:
+            # Resumable: the next tick goes on from the cursor.
+            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
+            log.warning("re-tagging stopped: %s; the next tick goes on", reason)
+
+    def refresh_policy(self) -> None:
+        """The applied policy version and the records over its retention (gauges)."""
+        try:
+            with connect(self.purger.conninfo, autocommit=True, application="policy") as conn:
+                current = policy_versions.current(conn)
+                over = {
+                    name: retag.over_retention(conn, name)
+                    for name, known in policy_versions.applied_categories(conn).items()
+                    if known.dropped_at is None
+                }
+        except (PurgerError, psycopg.Error) as exc:
+            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
+            log.warning("policy gauges not refreshed: %s", reason)
+            return
+        if current is not None:
+            labels = (str(current["version"]), str(current["label"]), str(current["digest"]))
+            if self._policy_version not in (None, labels):
+                self.metrics.policy_version_info.remove(*self._policy_version)
+            self.metrics.policy_version_info.labels(*labels).set(1)
+            self._policy_version = labels
+        for name, n in over.items():
+            self.metrics.records_over_retention.labels(name).set(n)

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     lock_timeout_ms: int = Field(2000, ge=1, description="lock_timeout of purge sessions")
     statement_timeout_ms: int = Field(300000, ge=1, description="statement_timeout of purges")
     delete_batch_size: int = Field(10000, ge=1, description="rows per DELETE batch")
+    retag_budget_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="seconds per scheduler tick spent re-tagging records after a policy "
+        "change (resumable; the rest goes on next tick)",
+    )
     purge_leader_max_failures: int = Field(
         3,
         ge=0,

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from purger import audit, held_storage
+from purger import audit, held_storage, subject_requests
 from purger.audit_entries import Kind
 from purger.db import connect, wrap_errors
 from purger.metrics import Metrics
@@ -22,6 +22,7 @@ from purger.partitions import owned_parent, parent_table
 from purger.policy import RetentionPolicy
 from purger.purge_report import COMPLETED
 from purger.queries import query, template
+from purger.request_rules import utc_today
 
 
 class Stats:
@@ -84,7 +85,8 @@ class Stats:
         """Stored records already past expiry that no active hold covers, per category.
 
         The compliance signal; it also refreshes the legal-hold gauges (active
-        holds, records kept past expiry by them).
+        holds, records kept past expiry by them) and the data-subject request
+        gauges (open and overdue requests per type).
         """
         with self._connect("overdue") as conn:
             return self._overdue(conn, now)
@@ -100,6 +102,10 @@ class Stats:
                 out[name] = coverage.overdue
                 held[name] = coverage.held
             active = held_storage.active_count(conn)
+            requests = subject_requests.counts(conn, utc_today(t))
+        for kind, (n_open, n_overdue) in requests.items():
+            self.metrics.subject_requests_open.labels(kind).set(n_open)
+            self.metrics.subject_requests_overdue.labels(kind).set(n_overdue)
         for name, n in out.items():
             self.metrics.overdue_records.labels(name).set(n)
             self.metrics.records_held.labels(name).set(held[name])

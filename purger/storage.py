@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from purger import held_storage, migrations
+from purger import applied_rules, held_storage, migrations, policy_versions
+from purger.applied_rules import AppliedRules
 from purger.db import connect, wrap_errors
 from purger.errors import (
     DatabaseUnavailable,
@@ -22,11 +25,18 @@ from purger.errors import (
     StorageError,
     SystemicFault,
 )
-from purger.partitions import PartitionManager, ensure_category_table, is_missing_partition
+from purger.partitions import (
+    PartitionManager,
+    ensure_category_table,
+    is_missing_partition,
+    keys_table,
+)
 from purger.partitions import parent_table as parent_of
 from purger.policy import RetentionPolicy
 from purger.queries import query, template
 from purger.records import Record
+
+log = logging.getLogger("purger.storage")
 
 _COPY_TYPES = [
     "text",
@@ -83,6 +93,9 @@ class Storage:
         self.application = application
         self._conn: psycopg.Connection[Any] | None = None
         self._staging: set[str] = set()
+        # The applied rules each category's records were last tagged with (None:
+        # no version applied yet, the process's own policy tags them).
+        self._applied: dict[str, AppliedRules | None] = {}
 
     # -- connection -------------------------------------------------------------
     @property
@@ -123,14 +136,23 @@ class Storage:
         partitions_ahead: int = 3,
         now: datetime | None = None,
         runtime_user: str | None = None,
+        *,
+        applied_by: str = "purger migrate",
+        allow_bound_change: bool = False,
     ) -> list[str]:
-        """Apply migrations, create category tables and the partitions needed soon.
+        """Apply migrations and the policy, create category tables and the partitions needed soon.
 
         ``runtime_user`` (a login role) is made a member of ``purger_runtime``.
+        The policy is applied (purger/policy_versions.py) before any category table
+        is created, so a refused policy changes nothing; PolicyError says why.
         """
         applied = migrations.migrate(self.conn)
         if runtime_user:
             migrations.grant_runtime(self.conn, runtime_user)
+        policy_versions.apply(
+            self.conn, self.policy, applied_by=applied_by, allow_bound_change=allow_bound_change
+        )
+        self._applied.clear()
         for category in self.policy.categories.values():
             ensure_category_table(self.conn, category)
             self.partitions.ensure_ahead(
@@ -156,20 +178,53 @@ class Storage:
         for category in batch:
             self.policy.category(category)
         horizon = datetime.now(UTC) - timedelta(minutes=1)
-        for attempt in (1, 2):
-            for category, items in batch.items():
+        missed = False
+        for _attempt in range(4):
+            for category in batch:
+                if category not in self._applied:
+                    self._applied[category] = self._read_rules(category)
+            tagged = {c: self._tag(c, items) for c, items in batch.items()}
+            for category, items in tagged.items():
+                applied = self._applied.get(category)
+                if applied is not None and applied.retired_at is not None:
+                    continue  # keeps nothing: no partition is needed
                 live_guess = [i.expires_at for i in items if i.expires_at > horizon]
                 self.partitions.ensure(self.conn, category, live_guess)
             try:
-                return self._store(batch)
+                return self._store(tagged)
+            except _RulesChanged:
+                continue
             except StorageError as exc:
-                if attempt == 1 and is_missing_partition(exc.__cause__ or exc):
+                if not missed and is_missing_partition(exc.__cause__ or exc):
                     # A partition we believed in is gone (dropped by a purge or by hand).
+                    missed = True
                     for category in batch:
                         self.partitions.forget(category)
                     continue
                 raise
-        raise AssertionError("unreachable")
+        raise SystemicFault("the applied policy kept changing while a batch was stored")
+
+    def _read_rules(self, category: str) -> AppliedRules | None:
+        with wrap_errors("read the applied policy"), self.conn.transaction():
+            return applied_rules.read(self.conn, category)
+
+    def _tag(self, category: str, items: Sequence[Envelope]) -> Sequence[Envelope]:
+        """The items with the expiry the applied rules give them."""
+        applied = self._applied.get(category)
+        if applied is None:
+            return items
+        if applied.retired_at is not None:
+            # A retired category keeps nothing: its records expire at the retirement
+            # (so they are counted as expired on arrival, or held by a legal hold).
+            return [dataclasses.replace(i, expires_at=applied.retired_at) for i in items]
+        if applied.digest == self.policy.category(category).rule_digest:
+            return items
+        return [
+            dataclasses.replace(
+                i, expires_at=applied.expires_at(i.record.tenant, i.record.occurred_at)
+            )
+            for i in items
+        ]
 
     def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
         conn = self.conn
@@ -186,12 +241,33 @@ class Storage:
                     now_db = now_db or row[1]
                 for category in sorted(batch):
                     assert now_db is not None
-                    results[category] = self._insert(conn, category, batch[category], now_db)
+                    version = self._check_rules(conn, category)
+                    results[category] = self._insert(
+                        conn, category, batch[category], now_db, version
+                    )
         except BaseException:
             # Staging tables created in the rolled-back transaction are gone with it.
             self._staging.clear()
             raise
         return results
+
+    def _check_rules(self, conn: psycopg.Connection[Any], category: str) -> int:
+        """The rule version to stamp, checked under the ingest lock (``policy apply``
+        takes it exclusively): no batch tagged by old rules commits after a new version."""
+        current = applied_rules.read(conn, category)
+        known = self._applied.get(category)
+        if (current and (current.rule_version, current.retired_at)) != (
+            known and (known.rule_version, known.retired_at)
+        ):
+            self._applied[category] = current
+            if current is not None and current.digest != self.policy.category(category).rule_digest:
+                log.warning(
+                    "this process's policy differs from the applied one; records are tagged "
+                    "by the applied rules",
+                    extra={"category": category, "count": current.rule_version},
+                )
+            raise _RulesChanged
+        return current.rule_version if current is not None else 0
 
     def probe(self, category: str, item: Envelope) -> None:
         """Store a canary like ``item`` (same expiry, no data) and roll it back.
@@ -214,8 +290,13 @@ class Storage:
         if item.expires_at > datetime.now(UTC) - timedelta(minutes=1):
             self.partitions.ensure(self.conn, category, [item.expires_at])
         try:
-            with wrap_errors("probe"), self.conn.transaction(force_rollback=True):
-                self._store({category: [canary]})
+            for _attempt in range(3):
+                try:
+                    with wrap_errors("probe"), self.conn.transaction(force_rollback=True):
+                        self._store({category: [canary]})
+                    break
+                except _RulesChanged:
+                    continue
         except (DatabaseUnavailable, SystemicFault, LockTimeout, StatementTimeout):
             raise
         except StorageError as exc:
@@ -230,7 +311,12 @@ class Storage:
         category: str,
         items: Sequence[Envelope],
         now_db: datetime,
+        rule_version: int,
     ) -> BatchResult:
+        applied = self._applied.get(category)
+        if applied is not None and applied.dropped_at is not None:
+            # Retired and its tables dropped: nothing of it is kept any more.
+            return BatchResult(0, 0, len(items))
         live = [i for i in items if i.expires_at > now_db]
         expired = [i for i in items if i.expires_at <= now_db]
         positions = {id(item): n for n, item in enumerate(items)}
@@ -245,8 +331,13 @@ class Storage:
             self._copy(conn, staging, live, category, positions)
             with conn.cursor() as cur:
                 result = cur.execute(
-                    template("insert_from_staging", staging=staging, parent=parent),
-                    {"category": category},
+                    template(
+                        "insert_from_staging",
+                        staging=staging,
+                        parent=parent,
+                        keys=sql.Identifier(keys_table(category)),
+                    ),
+                    {"category": category, "rule_version": rule_version},
                 ).fetchone()
             inserted = int(result[0]) if result else 0
         covered = held = 0
@@ -255,7 +346,7 @@ class Storage:
             # rows expired at now_db, so the live rows still staged are ignored.
             self._copy(conn, staging, expired, category, positions)
             covered, held = held_storage.store_expired(
-                conn, category, staging_name, now_db, min(i.expires_at for i in expired)
+                conn, category, staging_name, now_db, rule_version
             )
         return BatchResult(
             inserted,
@@ -301,3 +392,7 @@ class Storage:
                             category=category,
                             index=positions[id(item)],
                         ) from exc
+
+
+class _RulesChanged(Exception):
+    """The applied rules changed since the batch was tagged: tag it again."""

@@ -1,8 +1,8 @@
 """The ``purger`` command: a parser made of one module per command group.
 
 ``context`` holds what every command needs; ``service``, ``purge``, ``audit``,
-``holds`` and ``topics`` each register their subcommands. They import ``context`` and never
-each other.
+``holds``, ``requests`` and ``topics`` each register their subcommands. They import
+``context`` and never each other.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from purger import __version__
-from purger.cli import audit, holds, purge, service, topics
+from purger.cli import audit, explain, holds, policy, purge, requests, service, topics
 from purger.cli.context import Context
 from purger.errors import ConfigError, PurgerError
 from purger.exits import EXIT_FAILURE, EXIT_USAGE, fail
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     purge.register(sub)
     audit.register(sub)
     holds.register(sub)
+    explain.register(sub)
+    policy.register(sub)
+    requests.register(sub)
     topics.register(sub)
     return parser
 

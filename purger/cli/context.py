@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,6 +42,17 @@ class Context:
         self.policy: RetentionPolicy = load_policy(
             self.settings.policy_file, self.settings.dead_letter_suffix
         )
+
+    def actor(self, given: str | None) -> str:
+        """Who runs the command, for the audit trail: ``given`` (``--by``), else the OS user."""
+        if given and given.strip():
+            return given.strip()
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            # A container's numeric user has no passwd entry.
+            user = f"uid {os.getuid()}"
+        return f"{user} (purger {self.args.command})"
 
     def log_effective_config(self) -> None:
         """The one start-up line with the effective settings, secrets masked."""

@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TextIO
 
-from purger import hold_registry, hold_scope, subject_export
+from purger import hold_registry, hold_scope, restriction, subject_export
 from purger.cli.context import Context
 from purger.db import connect
 from purger.errors import InvalidMessage
 from purger.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from purger.records import parse_timestamp
+from purger.request_rules import InvalidRequest
 
 _SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in hold_scope.SELECTORS}
 _CSV_FIELDS = (
@@ -234,6 +235,14 @@ def cmd_subject_export(ctx: Context) -> int:
     kind, raw = chosen[0]
     with _usage_errors():
         keys = subject_export.subject_keys_for(kind, raw, ctx.settings.default_country_code)
+    try:
+        # Restricted records (Art. 18) are refused, audited, before anything is written.
+        with _conn(ctx) as conn:
+            restriction.check_subject(
+                conn, ctx.policy, keys, surface="subject export", purpose=args.purpose
+            )
+    except InvalidRequest as exc:
+        fail(str(exc), EXIT_USAGE)
     out: TextIO = _private_file(args.output) if args.output else sys.stdout
     try:
         with _conn(ctx) as conn:
@@ -350,4 +359,9 @@ def register(sub: Any) -> None:
         "--json", dest="format", action="store_const", const="json", help="same as --format json"
     )
     p.add_argument("--output", help="write to this file instead of stdout")
+    p.add_argument(
+        "--purpose",
+        help="for records under restriction (Art. 18): a purpose Art. 18(2) allows "
+        "(consent, legal-claims, protection-of-rights, public-interest); audited",
+    )
     p.set_defaults(func=cmd_subject_export)

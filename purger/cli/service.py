@@ -21,7 +21,10 @@ from purger.topic_retention import check_topics
 def cmd_migrate(ctx: Context) -> int:
     with ctx.storage("migrate") as storage:
         applied = storage.migrate(
-            ctx.settings.partitions_ahead, runtime_user=ctx.settings.database_runtime_user
+            ctx.settings.partitions_ahead,
+            runtime_user=ctx.settings.database_runtime_user,
+            applied_by=ctx.actor(ctx.args.by),
+            allow_bound_change=ctx.args.allow_bound_change,
         )
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     print(f"category tables ready: {', '.join(ctx.policy.categories)}")
@@ -105,6 +108,8 @@ def _scheduler(ctx: Context, metrics: Metrics) -> Any:
         leader_cooldown_ticks=ctx.settings.purge_leader_cooldown_ticks,
         topic_check=_topic_check(ctx, metrics),
         topic_check_interval_seconds=ctx.settings.topic_check_interval_seconds,
+        granularity=ctx.settings.granularity,
+        retag_budget_seconds=ctx.settings.retag_budget_seconds,
     )
 
 
@@ -154,7 +159,18 @@ def cmd_consume(ctx: Context) -> int:
 
 def register(sub: Any) -> None:
     """Add the service commands to the ``purger`` command's subparsers."""
-    add_command(sub, "migrate", cmd_migrate, "apply schema migrations and create category tables")
+    p = add_command(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "apply schema migrations and the policy (a new version when it changed), create tables",
+    )
+    p.add_argument(
+        "--allow-bound-change",
+        action="store_true",
+        help="allow the policy to change minimum_retention/maximum_retention (audited)",
+    )
+    p.add_argument("--by", help="who applies the policy (audit trail); default: the OS user")
     p = add_command(
         sub, "run", cmd_run, "the service: consumers, purge scheduler and HTTP endpoints"
     )

@@ -1,7 +1,7 @@
--- Template of a category's parent table; {parent}, {gin_index} and
--- {tenant_index} are filled in with psycopg.sql.Identifier, never by string
--- formatting. Partitioned by range on expires_at: destroying a day of
--- records is a partition drop.
+-- Template of a category's tables; {parent}, {held}, {keys} and the index names
+-- are filled in with psycopg.sql.Identifier, never by string formatting.
+-- The parent is partitioned by range on expires_at: destroying a day of records
+-- is a partition drop.
 CREATE TABLE IF NOT EXISTS purger.{parent} (
     record_id        text NOT NULL,
     tenant           text NOT NULL,
@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS purger.{parent} (
     source_topic     text,
     source_partition integer,
     source_offset    bigint,
+    -- The category's rule version (purger.category_rules) that gave expires_at.
+    rule_version     integer NOT NULL DEFAULT 0,
     PRIMARY KEY (expires_at, record_id)
 ) PARTITION BY RANGE (expires_at);
 -- "Every record of +31612345678, across categories" is a GIN look-up per category.
@@ -29,3 +31,11 @@ CREATE TABLE IF NOT EXISTS purger.{held} (
 );
 CREATE INDEX IF NOT EXISTS {held_gin_index} ON purger.{held} USING gin (subject_keys);
 CREATE INDEX IF NOT EXISTS {held_tenant_index} ON purger.{held} (tenant, occurred_at);
+-- The key registry: one row per stored record (live or held) whatever its expiry,
+-- so that a redelivery, a replay or a re-send after a policy change is stored
+-- once. A partition's primary key cannot do it: it must include expires_at.
+CREATE TABLE IF NOT EXISTS purger.{keys} (
+    record_id  text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {keys_index} ON purger.{keys} (expires_at);

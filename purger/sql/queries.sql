@@ -69,17 +69,28 @@ COPY {staging} (record_id, tenant, occurred_at, expires_at, subject_keys, subjec
                 source_topic, source_partition, source_offset) FROM STDIN;
 
 -- name: insert_from_staging
--- Idempotent on (expires_at, record_id): a redelivered batch inserts nothing.
+-- Idempotent on (category, record_id), whatever the expiry: the key registry
+-- admits a record once (the first staged copy by offset wins), so a redelivered
+-- batch, a replay or a re-send with another occurred_at inserts nothing.
 -- Counts land in the partition registry in the same transaction.
-WITH inserted AS (
+WITH fresh AS (
+    INSERT INTO purger.{keys} AS k (record_id, expires_at)
+    SELECT DISTINCT ON (record_id) record_id, expires_at
+    FROM {staging}
+    ORDER BY record_id, source_offset
+    ON CONFLICT (record_id) DO NOTHING
+    RETURNING k.record_id, k.expires_at
+), inserted AS (
     INSERT INTO purger.{parent}
         (record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
-         source_topic, source_partition, source_offset)
-    SELECT DISTINCT ON (expires_at, record_id)
-        record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
-        source_topic, source_partition, source_offset
-    FROM {staging}
-    ORDER BY expires_at, record_id, source_offset
+         source_topic, source_partition, source_offset, rule_version)
+    SELECT DISTINCT ON (s.record_id)
+        s.record_id, s.tenant, s.occurred_at, s.expires_at, s.subject_keys, s.subjects,
+        s.payload, s.source_topic, s.source_partition, s.source_offset, %(rule_version)s
+    FROM {staging} s
+    JOIN fresh f ON f.record_id = s.record_id AND f.expires_at = s.expires_at
+    ORDER BY s.record_id, s.source_offset
+    -- A row stored without its key (seeded past the purger) is still not doubled.
     ON CONFLICT DO NOTHING
     RETURNING expires_at
 ), per_hour AS (
@@ -173,13 +184,27 @@ ALTER TABLE purger.{parent} DETACH PARTITION purger.{partition} FINALIZE;
 DROP TABLE purger.{partition};
 
 -- name: delete_expired_batch
+-- The deleted records' keys go with them (a record in held storage keeps its key).
 WITH doomed AS (
     SELECT ctid FROM purger.{partition} WHERE expires_at <= %(t)s LIMIT %(limit)s
 ), deleted AS (
     DELETE FROM purger.{partition} d USING doomed WHERE d.ctid = doomed.ctid
-    RETURNING d.expires_at
+    RETURNING d.expires_at, d.record_id
+), unkeyed AS (
+    DELETE FROM purger.{keys} k USING deleted d
+    WHERE k.record_id = d.record_id AND k.expires_at = d.expires_at
+      AND NOT EXISTS (SELECT 1 FROM purger.{held} h
+                      WHERE h.expires_at = d.expires_at AND h.record_id = d.record_id)
 )
 SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
+
+-- name: forget_dropped_keys
+-- The keys of a dropped partition's records, in the same transaction as the drop;
+-- the records that held storage took keep theirs.
+DELETE FROM purger.{keys} k
+WHERE k.expires_at >= %(start)s AND k.expires_at < %(end)s
+  AND NOT EXISTS (SELECT 1 FROM purger.{held} h
+                  WHERE h.expires_at = k.expires_at AND h.record_id = k.record_id);
 
 -- name: count_expired
 SELECT count(*) FROM purger.{partition} WHERE expires_at <= %(t)s;
@@ -303,9 +328,10 @@ WHERE {where};
 -- name: preserve_copy
 INSERT INTO purger.{held}
     (record_id, tenant, occurred_at, expires_at, ingested_at, subject_keys, subjects, payload,
-     source_topic, source_partition, source_offset)
+     source_topic, source_partition, source_offset, rule_version)
 SELECT r.record_id, r.tenant, r.occurred_at, r.expires_at, r.ingested_at, r.subject_keys,
-       r.subjects, r.payload, r.source_topic, r.source_partition, r.source_offset
+       r.subjects, r.payload, r.source_topic, r.source_partition, r.source_offset,
+       r.rule_version
 FROM purger.{source} r
 WHERE {where}
 ON CONFLICT DO NOTHING;
@@ -322,7 +348,10 @@ WHERE {where}
 WITH deleted AS (
     DELETE FROM purger.{held} r
     WHERE r.expires_at <= %(t)s AND NOT {covered}
-    RETURNING r.expires_at
+    RETURNING r.expires_at, r.record_id
+), unkeyed AS (
+    DELETE FROM purger.{keys} k USING deleted d
+    WHERE k.record_id = d.record_id AND k.expires_at = d.expires_at
 )
 SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
 
@@ -339,26 +368,29 @@ SELECT count(*) FROM purger.{held};
 
 -- name: store_held_from_staging
 -- Records that arrive already expired but covered by an active hold go straight
--- to held storage. One still stored in its partition (a redelivery) is not copied.
+-- to held storage, unless the key registry already has the record (stored live
+-- or held, under any expiry: a redelivery). The registry, not the parent, is
+-- asked: a look-up in the parent would lock every partition it might search.
 WITH covered AS (
     SELECT r.* FROM {staging} r
     WHERE r.expires_at <= %(now)s AND {covered}
+), fresh AS (
+    INSERT INTO purger.{keys} AS k (record_id, expires_at)
+    SELECT DISTINCT ON (record_id) record_id, expires_at
+    FROM covered
+    ORDER BY record_id, source_offset
+    ON CONFLICT (record_id) DO NOTHING
+    RETURNING k.record_id, k.expires_at
 ), inserted AS (
     INSERT INTO purger.{held}
         (record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
-         source_topic, source_partition, source_offset)
-    SELECT DISTINCT ON (expires_at, record_id)
-        record_id, tenant, occurred_at, expires_at, subject_keys, subjects, payload,
-        source_topic, source_partition, source_offset
+         source_topic, source_partition, source_offset, rule_version)
+    SELECT DISTINCT ON (c.record_id)
+        c.record_id, c.tenant, c.occurred_at, c.expires_at, c.subject_keys, c.subjects,
+        c.payload, c.source_topic, c.source_partition, c.source_offset, %(rule_version)s
     FROM covered c
-    -- The constant bounds let the planner prune partitions: without them it locks
-    -- every partition of the parent and its indexes until the ingest transaction
-    -- ends, which overflows the lock table once there are hundreds of partitions.
-    WHERE NOT EXISTS (SELECT 1 FROM purger.{parent} p
-                      WHERE p.expires_at = c.expires_at AND p.record_id = c.record_id
-                        AND p.expires_at >= %(oldest)s AND p.expires_at <= %(now)s)
-    ORDER BY expires_at, record_id, source_offset
-    ON CONFLICT DO NOTHING
+    JOIN fresh f ON f.record_id = c.record_id AND f.expires_at = c.expires_at
+    ORDER BY c.record_id, c.source_offset
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM covered), (SELECT count(*) FROM inserted);

@@ -95,6 +95,51 @@ CREATE FUNCTION purger.selector_counts(subject_keys text[]) RETURNS jsonb
           FROM unnest(subject_keys) AS k GROUP BY 1) AS per_kind
 $$;
 
+-- Name: subject_requests_guard(); Type: FUNCTION; Schema: purger; Owner: -
+
+CREATE FUNCTION purger.subject_requests_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' THEN
+        RAISE EXCEPTION 'purger.subject_requests keeps every request: % refused', TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF OLD.closed_at IS NOT NULL THEN
+        RAISE EXCEPTION 'subject request % is closed and cannot change', OLD.id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (NEW.id, NEW.request_type, NEW.ref, NEW.received_on, NEW.due_on, NEW.opened_by,
+        NEW.opened_at)
+       IS DISTINCT FROM
+       (OLD.id, OLD.request_type, OLD.ref, OLD.received_on, OLD.due_on, OLD.opened_by,
+        OLD.opened_at)
+       OR (OLD.extended_due_on IS NOT NULL
+           AND (NEW.extended_due_on, NEW.extension_reason, NEW.extended_by, NEW.extended_at)
+               IS DISTINCT FROM
+               (OLD.extended_due_on, OLD.extension_reason, OLD.extended_by, OLD.extended_at))
+       OR (OLD.erased_at IS NOT NULL AND NEW.erased_at IS DISTINCT FROM OLD.erased_at)
+    THEN
+        RAISE EXCEPTION 'subject request %: only its extension, erasure or closing may be recorded',
+            OLD.id USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.closed_at IS NULL THEN
+        IF NEW.subject_keys IS DISTINCT FROM OLD.subject_keys
+           OR NEW.hmac_key IS DISTINCT FROM OLD.hmac_key THEN
+            RAISE EXCEPTION 'subject request %: an open request keeps its subject', OLD.id
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    ELSIF NEW.subject_keys IS NOT NULL
+          OR NEW.closed_selectors IS DISTINCT FROM purger.selector_counts(OLD.subject_keys) THEN
+        RAISE EXCEPTION 'subject request %: closing must forget its identifiers', OLD.id
+            USING ERRCODE = 'insufficient_privilege';
+    ELSE
+        NEW.hmac_key := NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
 -- Name: audit_head; Type: TABLE; Schema: purger; Owner: -
 
 CREATE TABLE purger.audit_head (
@@ -122,7 +167,22 @@ CREATE TABLE purger.categories (
     name text NOT NULL,
     parent_table text NOT NULL,
     topic text NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    rule_version integer DEFAULT 0 NOT NULL,
+    retired_at timestamp with time zone,
+    retired_by text,
+    dropped_at timestamp with time zone
+);
+
+-- Name: category_rules; Type: TABLE; Schema: purger; Owner: -
+
+CREATE TABLE purger.category_rules (
+    category text NOT NULL,
+    rule_version integer NOT NULL,
+    policy_version integer NOT NULL,
+    rules jsonb NOT NULL,
+    digest text NOT NULL,
+    CONSTRAINT category_rules_rule_version_check CHECK ((rule_version > 0))
 );
 
 -- Name: legal_holds; Type: TABLE; Schema: purger; Owner: -
@@ -182,6 +242,31 @@ CREATE TABLE purger.partitions (
     CONSTRAINT partitions_state_check CHECK ((state = ANY (ARRAY['attached'::text, 'detaching'::text, 'detached'::text])))
 );
 
+-- Name: policy_versions; Type: TABLE; Schema: purger; Owner: -
+
+CREATE TABLE purger.policy_versions (
+    version integer NOT NULL,
+    label text NOT NULL,
+    digest text NOT NULL,
+    rules jsonb NOT NULL,
+    applied_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    applied_by text NOT NULL,
+    CONSTRAINT policy_versions_applied_by_check CHECK ((btrim(applied_by) <> ''::text)),
+    CONSTRAINT policy_versions_version_check CHECK ((version > 0))
+);
+
+-- Name: retag_progress; Type: TABLE; Schema: purger; Owner: -
+
+CREATE TABLE purger.retag_progress (
+    category text NOT NULL,
+    rule_version integer NOT NULL,
+    cursor_expires_at timestamp with time zone,
+    cursor_record_id text,
+    retagged bigint DEFAULT 0 NOT NULL,
+    started_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    finished_at timestamp with time zone
+);
+
 -- Name: schema_migrations; Type: TABLE; Schema: purger; Owner: -
 
 CREATE TABLE purger.schema_migrations (
@@ -189,6 +274,49 @@ CREATE TABLE purger.schema_migrations (
     name text NOT NULL,
     checksum text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+-- Name: subject_requests; Type: TABLE; Schema: purger; Owner: -
+
+CREATE TABLE purger.subject_requests (
+    id bigint NOT NULL,
+    request_type text NOT NULL,
+    ref text NOT NULL,
+    received_on date NOT NULL,
+    due_on date NOT NULL,
+    opened_by text NOT NULL,
+    opened_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    subject_keys text[],
+    hmac_key bytea,
+    extended_due_on date,
+    extension_reason text,
+    extended_by text,
+    extended_at timestamp with time zone,
+    erased_at timestamp with time zone,
+    closed_at timestamp with time zone,
+    closed_by text,
+    close_reason text,
+    closed_selectors jsonb,
+    CONSTRAINT subject_requests_check CHECK ((due_on > received_on)),
+    CONSTRAINT subject_requests_check1 CHECK (((erased_at IS NULL) OR (request_type = 'erasure'::text))),
+    CONSTRAINT subject_requests_check2 CHECK ((((closed_at IS NULL) AND (subject_keys IS NOT NULL) AND (hmac_key IS NOT NULL) AND (closed_by IS NULL) AND (close_reason IS NULL) AND (closed_selectors IS NULL)) OR ((closed_at IS NOT NULL) AND (subject_keys IS NULL) AND (hmac_key IS NULL) AND (btrim(closed_by) <> ''::text) AND (btrim(close_reason) <> ''::text) AND (closed_selectors IS NOT NULL)))),
+    CONSTRAINT subject_requests_check3 CHECK ((((extended_due_on IS NULL) AND (extension_reason IS NULL) AND (extended_by IS NULL) AND (extended_at IS NULL)) OR ((extended_due_on > due_on) AND (btrim(extension_reason) <> ''::text) AND (btrim(extended_by) <> ''::text) AND (extended_at IS NOT NULL)))),
+    CONSTRAINT subject_requests_hmac_key_check CHECK ((octet_length(hmac_key) = 32)),
+    CONSTRAINT subject_requests_opened_by_check CHECK ((btrim(opened_by) <> ''::text)),
+    CONSTRAINT subject_requests_ref_check CHECK ((btrim(ref) <> ''::text)),
+    CONSTRAINT subject_requests_request_type_check CHECK ((request_type = ANY (ARRAY['erasure'::text, 'restriction'::text, 'access'::text]))),
+    CONSTRAINT subject_requests_subject_keys_check CHECK (((cardinality(subject_keys) > 0) AND (array_position(subject_keys, NULL::text) IS NULL)))
+);
+
+-- Name: subject_requests_id_seq; Type: SEQUENCE; Schema: purger; Owner: -
+
+ALTER TABLE purger.subject_requests ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME purger.subject_requests_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 -- Name: audit_head audit_head_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
@@ -211,6 +339,11 @@ ALTER TABLE ONLY purger.categories
 ALTER TABLE ONLY purger.categories
     ADD CONSTRAINT categories_pkey PRIMARY KEY (name);
 
+-- Name: category_rules category_rules_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
+
+ALTER TABLE ONLY purger.category_rules
+    ADD CONSTRAINT category_rules_pkey PRIMARY KEY (category, rule_version);
+
 -- Name: legal_holds legal_holds_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
 
 ALTER TABLE ONLY purger.legal_holds
@@ -226,10 +359,25 @@ ALTER TABLE ONLY purger.partitions
 ALTER TABLE ONLY purger.partitions
     ADD CONSTRAINT partitions_pkey PRIMARY KEY (partition_name);
 
+-- Name: policy_versions policy_versions_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
+
+ALTER TABLE ONLY purger.policy_versions
+    ADD CONSTRAINT policy_versions_pkey PRIMARY KEY (version);
+
+-- Name: retag_progress retag_progress_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
+
+ALTER TABLE ONLY purger.retag_progress
+    ADD CONSTRAINT retag_progress_pkey PRIMARY KEY (category);
+
 -- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
 
 ALTER TABLE ONLY purger.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+-- Name: subject_requests subject_requests_pkey; Type: CONSTRAINT; Schema: purger; Owner: -
+
+ALTER TABLE ONLY purger.subject_requests
+    ADD CONSTRAINT subject_requests_pkey PRIMARY KEY (id);
 
 -- Name: audit_log_kind_seq_idx; Type: INDEX; Schema: purger; Owner: -
 
@@ -242,6 +390,10 @@ CREATE INDEX legal_holds_active_idx ON purger.legal_holds USING btree (id) WHERE
 -- Name: partitions_category_range_end_idx; Type: INDEX; Schema: purger; Owner: -
 
 CREATE INDEX partitions_category_range_end_idx ON purger.partitions USING btree (category, range_end);
+
+-- Name: subject_requests_open_idx; Type: INDEX; Schema: purger; Owner: -
+
+CREATE INDEX subject_requests_open_idx ON purger.subject_requests USING btree (request_type) WHERE (closed_at IS NULL);
 
 -- Name: audit_head audit_head_guard; Type: TRIGGER; Schema: purger; Owner: -
 
@@ -266,6 +418,19 @@ CREATE TRIGGER legal_holds_guard BEFORE DELETE OR UPDATE ON purger.legal_holds F
 -- Name: legal_holds legal_holds_no_truncate; Type: TRIGGER; Schema: purger; Owner: -
 
 CREATE TRIGGER legal_holds_no_truncate BEFORE TRUNCATE ON purger.legal_holds FOR EACH STATEMENT EXECUTE FUNCTION purger.legal_holds_guard();
+
+-- Name: subject_requests subject_requests_guard; Type: TRIGGER; Schema: purger; Owner: -
+
+CREATE TRIGGER subject_requests_guard BEFORE DELETE OR UPDATE ON purger.subject_requests FOR EACH ROW EXECUTE FUNCTION purger.subject_requests_guard();
+
+-- Name: subject_requests subject_requests_no_truncate; Type: TRIGGER; Schema: purger; Owner: -
+
+CREATE TRIGGER subject_requests_no_truncate BEFORE TRUNCATE ON purger.subject_requests FOR EACH STATEMENT EXECUTE FUNCTION purger.subject_requests_guard();
+
+-- Name: category_rules category_rules_policy_version_fkey; Type: FK CONSTRAINT; Schema: purger; Owner: -
+
+ALTER TABLE ONLY purger.category_rules
+    ADD CONSTRAINT category_rules_policy_version_fkey FOREIGN KEY (policy_version) REFERENCES purger.policy_versions(version);
 
 -- Name: partitions partitions_category_fkey; Type: FK CONSTRAINT; Schema: purger; Owner: -
 

@@ -29,12 +29,14 @@ REQUIRED_ALERTS = {
     "PurgerIngestSystemicFault",
     "PurgerIngestOutage",
     "PurgerTopicRetentionExcess",
+    "PurgerSubjectRequestOverdue",
 }
 # The runbook base URL the expectations of alerts-test.yaml are written for; the rules under test
 # are rendered with it, so the chart's default may change without touching the test file.
 RUNBOOK_BASE = "https://github.com/example-org/telecom-retention-purger/blob/main/docs/runbook.md"
 # Labels alerts may aggregate by: all bounded, none can hold personal data.
-ALLOWED_GROUPING = {"namespace", "job", "category", "topic", "reason", "outcome", "le"}
+# type: a data-subject request's type (erasure, restriction, access).
+ALLOWED_GROUPING = {"namespace", "job", "category", "topic", "reason", "outcome", "le", "type"}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from purger.metrics import Metrics
 from purger.partitions import PartitionManager, held_table, parent_table, range_containing
 from purger.policy import RetentionPolicy
 from purger.purge import Purger
-from tests.integration.purge_support import count_into_registry
+from tests.integration.purge_support import count_into_registry, key_seeded
 
 DAY = timedelta(days=1)
 
@@ -96,6 +96,7 @@ def seed_bulk(url: str, category: str, day: datetime, n: int, prefix: str = "bul
                 "WHERE category = %s AND range_start = %s",
                 (n, category, range_containing(day, DAY)[0]),
             )
+            key_seeded(conn, category)
         conn.execute(sql.SQL("ANALYZE purger.{}").format(sql.Identifier(parent_table(category))))
 
 

@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from purger.metrics import Metrics
-from purger.partitions import PartitionManager, parent_table, range_containing
+from purger.partitions import PartitionManager, keys_table, parent_table, range_containing
 from purger.policy import RetentionPolicy
 from purger.purge import Purger
 from purger.records import Record
@@ -134,7 +134,8 @@ def seed_backdated(url: str, category: str, expiries: Iterable[datetime]) -> lis
 def count_into_registry(
     conn: psycopg.Connection[Any], category: str, expiries: Iterable[datetime]
 ) -> None:
-    """Add rows seeded past ``Storage`` to the registry's counts, as ``Storage.store`` does."""
+    """Add rows seeded past ``Storage`` to the registry's counts and keys, as ``store`` does."""
+    key_seeded(conn, category)
     per_start: dict[datetime, int] = {}
     for e in expiries:
         start = range_containing(e, DAY)[0]
@@ -145,6 +146,16 @@ def count_into_registry(
             "WHERE category = %s AND range_start = %s",
             (n, category, start),
         )
+
+
+def key_seeded(conn: psycopg.Connection[Any], category: str) -> None:
+    """Give rows seeded past ``Storage`` their key in the key registry."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO purger.{} (record_id, expires_at) SELECT record_id, expires_at "
+            "FROM purger.{} ON CONFLICT DO NOTHING"
+        ).format(sql.Identifier(keys_table(category)), sql.Identifier(parent_table(category)))
+    )
 
 
 def stored(url: Target, category: str) -> dict[str, tuple[Any, ...]]:

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.integration
 
 
 def _make_trail(settings: Settings, policy: RetentionPolicy) -> int:
-    """Real passes: 3 partitions dropped + 1 pass, then 2 passes with nothing to do."""
+    """The policy applied at migrate, then real passes: 3 partitions dropped + 1 pass, then
+    2 passes with nothing to do."""
     url = settings.conninfo()
     today = midnight(utcnow())
     seed_backdated(url, "cdr", [today - d * DAY for d in (2, 3, 4)])
@@ -39,13 +40,13 @@ def _make_trail(settings: Settings, policy: RetentionPolicy) -> int:
         purger.run_pass()
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM purger.audit_log").fetchone()
-    assert row == (6,)
-    return 6
+    assert row == (7,)
+    return 7
 
 
 @pytest.fixture
 def trail(settings: Settings, policy: RetentionPolicy) -> int:
-    """Six entries made by real passes; the chain verifies."""
+    """Seven entries: the applied policy and six made by real passes; the chain verifies."""
     entries = _make_trail(settings, policy)
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         assert audit.verify(conn).ok
@@ -55,8 +56,8 @@ def trail(settings: Settings, policy: RetentionPolicy) -> int:
 def test_the_trigger_refuses_update_delete_and_truncate(settings: Settings, trail: int) -> None:
     url = settings.conninfo()
     statements = [
-        "UPDATE purger.audit_log SET content = '{}' WHERE seq = 2",
-        "DELETE FROM purger.audit_log WHERE seq = 6",
+        "UPDATE purger.audit_log SET content = '{}' WHERE seq = 3",
+        "DELETE FROM purger.audit_log WHERE seq = 7",
         "TRUNCATE purger.audit_log",
     ]
     for statement in statements:
@@ -94,41 +95,42 @@ def _rehash(conn: psycopg.Connection[Any], seq: int) -> None:
 
 
 TAMPERING = {
+    # Entry 1 is the policy applied at migrate; the passes wrote 2-7.
     "update": (
-        "UPDATE purger.audit_log SET content = jsonb_set(content, '{rows}', '0') WHERE seq = 2",
-        "entry 2 was modified (its hash does not match)",
-        2,
-    ),
-    "update-two": (
-        "UPDATE purger.audit_log SET kind = 'other' WHERE seq IN (3, 5)",
+        "UPDATE purger.audit_log SET content = jsonb_set(content, '{rows}', '0') WHERE seq = 3",
         "entry 3 was modified (its hash does not match)",
         3,
+    ),
+    "update-two": (
+        "UPDATE purger.audit_log SET kind = 'other' WHERE seq IN (4, 6)",
+        "entry 4 was modified (its hash does not match)",
+        4,
     ),
     "update-and-rehash": (
         # A superuser who also recomputes the entry's own hash: its successor no
         # longer follows it.
-        "REHASH 2",
-        "an entry before 3 was removed or replaced",
-        3,
+        "REHASH 3",
+        "an entry before 4 was removed or replaced",
+        4,
     ),
     "delete": (
-        "DELETE FROM purger.audit_log WHERE seq = 3",
-        "entry 3 was removed (the chain jumps to 4)",
-        3,
+        "DELETE FROM purger.audit_log WHERE seq = 4",
+        "entry 4 was removed (the chain jumps to 5)",
+        4,
     ),
     "delete-newest": (
-        "DELETE FROM purger.audit_log WHERE seq = 6",
-        "entries after 5 were removed (the recorded head is 6)",
-        6,
+        "DELETE FROM purger.audit_log WHERE seq = 7",
+        "entries after 6 were removed (the recorded head is 7)",
+        7,
     ),
     "delete-and-renumber": (
-        "DELETE FROM purger.audit_log WHERE seq = 3; "
-        "UPDATE purger.audit_log SET seq = seq - 1 WHERE seq > 3",
-        "an entry before 3 was removed or replaced",
-        3,
+        "DELETE FROM purger.audit_log WHERE seq = 4; "
+        "UPDATE purger.audit_log SET seq = seq - 1 WHERE seq > 4",
+        "an entry before 4 was removed or replaced",
+        4,
     ),
-    "reorder": (_swap_seq(2, 3), "entry 2 was reordered (it follows another entry)", 2),
-    "reorder-later": (_swap_seq(4, 6), "entry 4 was reordered (it follows another entry)", 4),
+    "reorder": (_swap_seq(3, 4), "entry 3 was reordered (it follows another entry)", 3),
+    "reorder-later": (_swap_seq(5, 7), "entry 5 was reordered (it follows another entry)", 5),
 }
 
 
@@ -231,10 +233,10 @@ def test_verify_and_export_read_one_snapshot_while_passes_append(
     monkeypatch.setattr(audit, "_rows", rows_then_append)
     with psycopg.connect(url, autocommit=True) as conn:
         result = audit.verify(conn)
-        assert (result.ok, result.entries, result.problem) == (True, 6, None)
+        assert (result.ok, result.entries, result.problem) == (True, 7, None)
         lines = list(audit.export(conn))
-    assert lines[-1]["chain_head"]["seq"] == 7
-    assert lines[-2]["seq"] == 7
+    assert lines[-1]["chain_head"]["seq"] == 8
+    assert lines[-2]["seq"] == 8
     _check_export(lines, (lines[-1]["chain_head"]["seq"], lines[-1]["chain_head"]["hash"]))
     monkeypatch.setattr(audit, "_rows", scan)
     with psycopg.connect(url, autocommit=True) as conn:

@@ -101,7 +101,7 @@ Name of the ConfigMap with the retention policy.
 The retention policy file rendered from values (the format of config/retention.yaml).
 */}}
 {{- define "purger.policy" -}}
-{{- $known := list "topic" "retention" "controller" "legal_basis" "statement_row" "description" "tenant_overrides" -}}
+{{- $known := list "topic" "retention" "minimum_retention" "maximum_retention" "controller" "legal_basis" "statement_row" "description" "tenant_overrides" -}}
 version: {{ .Values.policy.version | toString | toJson }}
 categories:
 {{- range $name, $category := .Values.policy.categories }}
@@ -121,7 +121,7 @@ categories:
     {{- else }}
     tenant_overrides: {}
     {{- end }}
-    {{- with omit $category "topic" "retention" "controller" "legal_basis" "statement_row" "description" "tenant_overrides" }}
+    {{- with omit $category "topic" "retention" "minimum_retention" "maximum_retention" "controller" "legal_basis" "statement_row" "description" "tenant_overrides" }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end }}

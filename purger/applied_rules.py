@@ -1,0 +1,72 @@
+"""The rules the database holds for a category: the applied policy, which ingestion obeys.
+
+A process may run another policy file than the one applied (a rolling update, a
+refused policy): records are tagged by the applied rules all the same, so that
+what is stored never depends on which pod wrote it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from purger.durations import Duration, parse_duration
+from purger.queries import query
+
+POLICY_SQL = "policy.sql"
+
+
+@dataclass(frozen=True)
+class AppliedRules:
+    """A category's current rule version as the database has it."""
+
+    category: str
+    rule_version: int
+    rules: dict[str, Any]
+    digest: str
+    retired_at: datetime | None
+    dropped_at: datetime | None = None
+
+    @property
+    def retention(self) -> Duration:
+        """The category's retention."""
+        return parse_duration(self.rules["retention"])
+
+    def retention_for(self, tenant: str) -> Duration:
+        """The retention of ``tenant``'s records (its override, else the category's)."""
+        override = self.rules.get("tenant_overrides", {}).get(tenant)
+        return parse_duration(override) if override else self.retention
+
+    def expires_at(self, tenant: str, occurred_at: datetime) -> datetime:
+        """The expiry these rules give a record (the arithmetic of purger/durations.py)."""
+        return self.retention_for(tenant).add_to(occurred_at)
+
+    def bound(self, name: str) -> Duration | None:
+        """``minimum_retention`` or ``maximum_retention``, when set."""
+        text = self.rules.get(name)
+        return parse_duration(text) if text else None
+
+
+def read(conn: psycopg.Connection[Any], category: str) -> AppliedRules | None:
+    """The category's applied rules; None before any policy version was applied to it."""
+    row = conn.execute(query("applied_rules", POLICY_SQL), {"category": category}).fetchone()
+    if row is None or not row[0] or row[1] is None:
+        return None
+    return AppliedRules(category, int(row[0]), dict(row[1]), str(row[2]), row[3], row[4])
+
+
+def of_version(
+    conn: psycopg.Connection[Any], category: str, rule_version: int
+) -> tuple[AppliedRules, int, str, datetime] | None:
+    """A past or current rule version: the rules, their policy version, its label and date."""
+    row = conn.execute(
+        query("rules_of_version", POLICY_SQL),
+        {"category": category, "rule_version": rule_version},
+    ).fetchone()
+    if row is None:
+        return None
+    rules = AppliedRules(category, rule_version, dict(row[0]), str(row[1]), None)
+    return rules, int(row[2]), str(row[3]), row[4]
