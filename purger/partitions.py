@@ -268,15 +268,14 @@ class PartitionManager:
             if exists and exists[0]:
                 return planned, False
             with wrap_errors(f"create partition {name}"):
-                conn.execute(
-                    template(
-                        "create_partition",
-                        partition=sql.Identifier(name),
-                        parent=sql.Identifier(parent),
-                        start=sql.Literal(start),
-                        end=sql.Literal(end),
-                    )
-                )
+                names = {
+                    "partition": sql.Identifier(name),
+                    "parent": sql.Identifier(parent),
+                    "start": sql.Literal(start),
+                    "end": sql.Literal(end),
+                }
+                conn.execute(template("create_partition", **names))
+                conn.execute(template("attach_partition", **names))
                 hand_over(conn, name)
                 conn.execute(
                     query("register_partition"),

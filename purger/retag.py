@@ -75,7 +75,11 @@ class Retagger:
             report.finished = True
             return report
         report.rule_version = rules.rule_version
-        if progress is None or int(progress[0]) != rules.rule_version:
+        if progress is None:
+            # No rule change since the category was applied: nothing is tagged by older rules.
+            report.finished = True
+            return report
+        if int(progress[0]) != rules.rule_version:
             with wrap_errors(f"start re-tagging {category}"), conn.transaction():
                 conn.execute(
                     query("retag_progress_start", POLICY_SQL),

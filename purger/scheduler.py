@@ -107,10 +107,12 @@ class PurgeScheduler:
         topic_check_interval_seconds: int = 0,
         granularity: timedelta = timedelta(days=1),
         retag_budget_seconds: float = 60.0,
+        partitions_ahead: int = 3,
     ) -> None:
         self.purger = purger
         self.partitions = PartitionManager(granularity)
         self.retag_budget_seconds = retag_budget_seconds
+        self.partitions_ahead = partitions_ahead
         self._policy_version: tuple[str, str, str] | None = None
         self.metrics = metrics
         self.stats = Stats(purger.conninfo, purger.policy, metrics)
@@ -190,6 +192,8 @@ class PurgeScheduler:
                 self.metrics.purge_runs.labels(OUTCOME_NOT_LEADER).inc()
                 log.info("not the leader; another replica runs this pass")
                 return None
+            # Partitions for the coming periods, so ingestion rarely creates one itself.
+            self.prepare_partitions()
             # Before the pass: a shortened retention makes records due at this pass.
             self.retag()
             report = self.purger.run_pass()
@@ -233,6 +237,18 @@ class PurgeScheduler:
             self.stats.overdue()
         except PurgerError as exc:
             log.warning("overdue count failed: %s", exc)
+
+    def prepare_partitions(self) -> None:
+        """Create the partitions records arriving in the next periods need (every category)."""
+        try:
+            with connect(self.purger.conninfo, autocommit=True, application="partitions") as conn:
+                for category in self.purger.policy.categories.values():
+                    self.partitions.ensure_ahead(
+                        conn, category, datetime.now(UTC), self.partitions_ahead
+                    )
+        except (PurgerError, psycopg.Error) as exc:
+            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
+            log.warning("partitions not created ahead: %s; ingestion creates them", reason)
 
     def retag(self) -> None:
         """Re-tag each category with records of an older rule version, within the budget."""

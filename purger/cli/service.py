@@ -110,6 +110,7 @@ def _scheduler(ctx: Context, metrics: Metrics) -> Any:
         topic_check_interval_seconds=ctx.settings.topic_check_interval_seconds,
         granularity=ctx.settings.granularity,
         retag_budget_seconds=ctx.settings.retag_budget_seconds,
+        partitions_ahead=ctx.settings.partitions_ahead,
     )
 
 

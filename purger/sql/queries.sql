@@ -21,7 +21,16 @@ SELECT pg_advisory_xact_lock(hashtextextended('purger.partition-ddl.' || %(categ
 SELECT to_regclass(format('purger.%%I', %(name)s::text)) IS NOT NULL;
 
 -- name: create_partition
-CREATE TABLE purger.{partition} PARTITION OF purger.{parent}
+-- Created as a table of its own, then attached: ATTACH PARTITION takes SHARE UPDATE
+-- EXCLUSIVE on the parent, which readers and inserts do not conflict with, where
+-- CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE and queues every ingest of the
+-- category behind any long reader of the parent. The table is empty, so the
+-- attach checks its constraint at once and builds its indexes on nothing.
+CREATE TABLE purger.{partition}
+    (LIKE purger.{parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+
+-- name: attach_partition
+ALTER TABLE purger.{parent} ATTACH PARTITION purger.{partition}
 FOR VALUES FROM ({start}) TO ({end});
 
 -- name: runtime_owner_needed

@@ -30,6 +30,7 @@ REQUIRED_ALERTS = {
     "PurgerIngestOutage",
     "PurgerTopicRetentionExcess",
     "PurgerSubjectRequestOverdue",
+    "PurgerRecordsOverRetention",
 }
 # The runbook base URL the expectations of alerts-test.yaml are written for; the rules under test
 # are rendered with it, so the chart's default may change without touching the test file.

@@ -332,7 +332,15 @@ def test_migration_is_a_pre_install_and_pre_upgrade_hook(render: Any) -> None:
     ]
     annotations = job["metadata"]["annotations"]
     assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    # Who applied the policy, for its audit entry: the release and its revision.
+    assert args[:2] == ["migrate", "--by"] and args[2].startswith("helm ")
+    assert "--allow-bound-change" not in args
+    allowed = by_kind(render(None, "migrate.allowBoundChange=true"), "Job")
+    assert any(
+        "--allow-bound-change" in j["spec"]["template"]["spec"]["containers"][0]["args"]
+        for j in allowed
+    )
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     # What the hook needs exists before it: hook copies with a lower weight.
     spec = job["spec"]["template"]["spec"]

@@ -32,6 +32,8 @@ CONTRACT_METRICS = {
     "purger_legal_holds_active",
     "purger_records_held",
     "purger_topic_retention_excess_seconds",
+    "purger_subject_requests_overdue",
+    "purger_records_over_retention",
 }
 
 

@@ -240,4 +240,4 @@ def test_verify_and_export_read_one_snapshot_while_passes_append(
     _check_export(lines, (lines[-1]["chain_head"]["seq"], lines[-1]["chain_head"]["hash"]))
     monkeypatch.setattr(audit, "_rows", scan)
     with psycopg.connect(url, autocommit=True) as conn:
-        assert audit.verify(conn).entries == 8
+        assert audit.verify(conn).entries == 9

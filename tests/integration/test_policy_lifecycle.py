@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -322,3 +323,45 @@ def test_policy_gauges_show_the_version_and_the_records_over_retention(
     # The shortened retention made two of them due: this very tick destroyed them.
     assert set(rows(database, "cookie_stats")) == {"g0"}
     scheduler.leadership.release()
+
+
+def test_the_cli_diffs_applies_shows_and_retags_a_policy(
+    database: str, settings: Settings, policy: RetentionPolicy, policy_file: Path, tmp_path: Path
+) -> None:
+    now = _now()
+    store(
+        database,
+        policy,
+        "cookie_stats",
+        [record(policy, "cookie_stats", f"d{i}", now - timedelta(days=100 * i)) for i in range(4)],
+    )
+    changed_policy(policy_file, tmp_path / "v2.yaml", cookie_stats={"retention": "P6M"})
+    env = {**settings_env(settings), "PURGER_POLICY_FILE": str(tmp_path / "v2.yaml")}
+
+    diff = purger_cli("policy", "diff", "--json", env=env)
+    assert diff.returncode == 0, diff.stderr
+    planned = json.loads(diff.stdout)
+    assert planned["refusals"] == []
+    cookie = planned["categories"]["cookie_stats"]
+    assert cookie["status"] == "changed"
+    assert cookie["records"]["t1"] == {
+        "records": 4,
+        "expiry_changes": 4,
+        "earlier": 4,
+        "due_at_once": 2,
+    }
+    assert planned["categories"]["cdr"]["status"] == "unchanged"
+
+    applied = purger_cli("policy", "apply", "--by", "dpo", "--json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    shown = json.loads(purger_cli("policy", "show", "--json", env=env).stdout)
+    assert shown["applied"]["version"] == json.loads(applied.stdout)["version"]
+    assert shown["applied"]["applied_by"] == "dpo"
+    assert shown["categories"]["cookie_stats"]["records_to_retag"] == 4
+    retag = purger_cli("policy", "retag", "--category", "cookie_stats", "--json", env=env)
+    assert retag.returncode == 0, retag.stderr
+    assert json.loads(retag.stdout)["cookie_stats"]["retagged"] == 4
+    shown = json.loads(purger_cli("policy", "show", "--json", env=env).stdout)
+    assert shown["categories"]["cookie_stats"]["records_to_retag"] == 0
+    unknown = purger_cli("policy", "retag", "--category", "nope", env=env)
+    assert unknown.returncode == 2 and "unknown category 'nope'" in unknown.stderr
