@@ -34,6 +34,8 @@ CONTRACT_METRICS = {
     "purger_topic_retention_excess_seconds",
     "purger_subject_requests_overdue",
     "purger_records_over_retention",
+    "purger_records_retagged_total",
+    "purger_policy_version_info",
 }
 
 
