@@ -12,8 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from purger.db import wrap_errors
 from purger.durations import Duration, parse_duration
+from purger.partitions import parent_table
 from purger.queries import query
 
 POLICY_SQL = "policy.sql"
@@ -70,3 +73,34 @@ def of_version(
         return None
     rules = AppliedRules(category, rule_version, dict(row[0]), str(row[1]), None)
     return rules, int(row[2]), str(row[3]), row[4]
+
+
+def expiry_diff(
+    conn: psycopg.Connection[Any],
+    category: str,
+    default: Duration,
+    overrides: dict[str, Duration],
+    *,
+    now: datetime,
+    below_version: int,
+) -> list[tuple[str, int, int, int, int]]:
+    """Per tenant, over the stored records of a rule version below ``below_version``:
+    (tenant, records, expiry changes, moves earlier, falls due at ``now``) under the rules
+    ``default`` and ``overrides``. In SQL, in UTC, with the arithmetic of purger/durations.py.
+    """
+    ordered = sorted(overrides.items())
+    with wrap_errors(f"compare the expiries of {category}"), conn.transaction():
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        rows = conn.execute(
+            query("expiry_diff", POLICY_SQL).format(parent=sql.Identifier(parent_table(category))),
+            {
+                "tenants": [t for t, _ in ordered],
+                "months": [d.months for _, d in ordered],
+                "secs": [d.exact.total_seconds() for _, d in ordered],
+                "default_months": default.months,
+                "default_secs": default.exact.total_seconds(),
+                "now": now,
+                "below_version": below_version,
+            },
+        ).fetchall()
+    return [(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]

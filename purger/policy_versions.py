@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from purger import audit
+from purger import applied_rules, audit
 from purger.audit_entries import Entry, Kind
 from purger.db import wrap_errors
 from purger.durations import parse_duration
@@ -296,21 +296,13 @@ def diff(
         before = applied.get(name)
         if before is None or before.digest == category.rule_digest or before.dropped_at:
             continue
-        overrides = sorted(category.policy.tenant_overrides.items())
-        default = category.policy.retention
-        with wrap_errors(f"diff the policy of {name}"), conn.transaction():
-            conn.execute("SET LOCAL TimeZone = 'UTC'")
-            rows = conn.execute(
-                query("expiry_diff", POLICY_SQL).format(parent=sql.Identifier(parent_table(name))),
-                {
-                    "tenants": [t for t, _ in overrides],
-                    "months": [d.months for _, d in overrides],
-                    "secs": [d.exact.total_seconds() for _, d in overrides],
-                    "default_months": default.months,
-                    "default_secs": default.exact.total_seconds(),
-                    "now": instant,
-                    "below_version": 2**31 - 1,
-                },
-            ).fetchall()
-        result[name] = [TenantDiff(str(r[0]), *(int(v) for v in r[1:])) for r in rows]
+        rows = applied_rules.expiry_diff(
+            conn,
+            name,
+            category.policy.retention,
+            dict(category.policy.tenant_overrides),
+            now=instant,
+            below_version=2**31 - 1,
+        )
+        result[name] = [TenantDiff(*r) for r in rows]
     return result

@@ -239,20 +239,13 @@ def over_retention(conn: psycopg.Connection[Any], category: str) -> int:
     rules = applied_rules.read(conn, category)
     if rules is None or rules.retired_at is not None:
         return 0
-    overrides = sorted((t, rules.retention_for(t)) for t in rules.rules.get("tenant_overrides", {}))
-    default = rules.retention
-    with wrap_errors(f"count over-retained records of {category}"), conn.transaction():
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
-        rows = conn.execute(
-            query("expiry_diff", POLICY_SQL).format(parent=sql.Identifier(parent_table(category))),
-            {
-                "tenants": [t for t, _ in overrides],
-                "months": [d.months for _, d in overrides],
-                "secs": [d.exact.total_seconds() for _, d in overrides],
-                "default_months": default.months,
-                "default_secs": default.exact.total_seconds(),
-                "now": datetime.now(UTC),
-                "below_version": rules.rule_version,
-            },
-        ).fetchall()
+    overrides = {t: rules.retention_for(t) for t in rules.rules.get("tenant_overrides", {})}
+    rows = applied_rules.expiry_diff(
+        conn,
+        category,
+        rules.retention,
+        overrides,
+        now=datetime.now(UTC),
+        below_version=rules.rule_version,
+    )
     return sum(int(r[3]) for r in rows)

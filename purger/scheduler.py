@@ -228,8 +228,7 @@ class PurgeScheduler:
             self._topic_check()
         except Exception as exc:
             # An unreachable broker keeps the last values; the next interval tries again.
-            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
-            log.warning("topic retention check failed: %s", reason)
+            log.warning("topic retention check failed: %s", _reason(exc))
 
     def refresh_overdue(self) -> None:
         """Recount overdue records (cheap: an index count per category)."""
@@ -247,8 +246,7 @@ class PurgeScheduler:
                         conn, category, datetime.now(UTC), self.partitions_ahead
                     )
         except (PurgerError, psycopg.Error) as exc:
-            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
-            log.warning("partitions not created ahead: %s; ingestion creates them", reason)
+            log.warning("partitions not created ahead: %s; ingestion creates them", _reason(exc))
 
     def retag(self) -> None:
         """Re-tag each category with records of an older rule version, within the budget."""
@@ -261,8 +259,7 @@ class PurgeScheduler:
                         self.metrics.records_retagged.labels(name).inc(report.retagged)
         except (PurgerError, psycopg.Error) as exc:
             # Resumable: the next tick goes on from the cursor.
-            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
-            log.warning("re-tagging stopped: %s; the next tick goes on", reason)
+            log.warning("re-tagging stopped: %s; the next tick goes on", _reason(exc))
 
     def refresh_policy(self) -> None:
         """The applied policy version and the records over its retention (gauges)."""
@@ -275,8 +272,7 @@ class PurgeScheduler:
                     if known.dropped_at is None
                 }
         except (PurgerError, psycopg.Error) as exc:
-            reason = str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
-            log.warning("policy gauges not refreshed: %s", reason)
+            log.warning("policy gauges not refreshed: %s", _reason(exc))
             return
         if current is not None:
             labels = (str(current["version"]), str(current["label"]), str(current["digest"]))
@@ -286,3 +282,9 @@ class PurgeScheduler:
             self._policy_version = labels
         for name, n in over.items():
             self.metrics.records_over_retention.labels(name).set(n)
+
+
+def _reason(exc: BaseException) -> str:
+    # The project's errors name what failed without personal data; a driver error's
+    # text may quote values, so only its class is logged.
+    return str(exc) if isinstance(exc, PurgerError) else exc.__class__.__name__
