@@ -7,9 +7,11 @@ can (it owns the tables); ``audit verify --anchors`` catches that rewrite.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,6 +30,7 @@ from purger.purge_report import COMPLETED
 from purger.queries import query
 from purger.storage import Storage
 from tests.integration.conftest import Services, SettingsFactory
+from tests.integration.policy_support import changed_policy, record
 from tests.integration.purge_support import (
     DAY,
     envelope,
@@ -275,3 +278,48 @@ def test_verify_anchors_without_a_broker_says_so(
     assert result.returncode == 1, result.stderr
     assert "reading audit anchors" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_runtime_role_retags_retires_explains_and_answers_requests(
+    runtime_url: str,
+    database: str,
+    make_settings: SettingsFactory,
+    policy: RetentionPolicy,
+    policy_file: Path,
+    tmp_path: Path,
+) -> None:
+    # The operator commands run through `kubectl exec` with the runtime role's credentials.
+    now = _utcnow()
+    items = [
+        record(policy, "cookie_stats", f"lp{i}", now - timedelta(days=250 + i)) for i in range(3)
+    ]
+    items.append(record(policy, "cdr", "lp-cdr", now - timedelta(days=3), msisdn="+31655555555"))
+    with Storage(runtime_url, policy) as storage:
+        storage.store({"cookie_stats": items[:3], "cdr": items[3:]})
+    # A shortened retention, applied by the owner (the migrate hook).
+    shorter = changed_policy(policy_file, tmp_path / "v2.yaml", cookie_stats={"retention": "P6M"})
+    with Storage(database, shorter) as owner:
+        owner.migrate(partitions_ahead=0, runtime_user=None, applied_by="hook")
+    env = settings_env(make_settings(database_url=runtime_url, policy_file=tmp_path / "v2.yaml"))
+
+    def cli(*args: str) -> Any:
+        result = purger_cli(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        return json.loads(result.stdout) if "--json" in args else result.stdout
+
+    assert cli("policy", "retag", "--json")["cookie_stats"]["retagged"] == 3
+    assert cli("policy", "show", "--json")["categories"]["cookie_stats"]["records_to_retag"] == 0
+    explained = cli("explain", "--category", "cdr", "--record-id", "lp-cdr", "--json")
+    assert "lp-cdr" in json.dumps(explained)
+    opened = cli(
+        "request", "open", "--type", "erasure", "--msisdn", "+31655555555",
+        "--received", now.date().isoformat(), "--ref", "DSR-LP", "--by", "dpo", "--json",
+    )  # fmt: skip
+    request_id = str(opened["id"])
+    cli("request", "erase", request_id, "--json")
+    cli("request", "close", request_id, "--reason", "done", "--by", "dpo", "--json")
+    assert cli("policy", "retire", "cookie_stats", "--by", "dpo", "--json")["records"] == 3
+    with psycopg.connect(runtime_url) as conn:
+        left = conn.execute("SELECT count(*) FROM purger.records_cdr").fetchone()
+        assert audit.verify(conn).ok
+    assert left == (0,)
