@@ -170,7 +170,6 @@ def purge_released(
     """
     tables: dict[str, Any] = {
         "held": sql.Identifier(held_table(category)),
-        "keys": sql.Identifier(keys_table(category)),
         "covered": query("covered_by_active_hold"),
     }
     values = {"t": t, "category": category}

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from purger import audit, audit_entries, erasure, retirement
+from purger import audit, audit_entries, erasure, key_trim, retirement
 from purger.audit_entries import PolicyRef
 from purger.db import connect, wrap_errors
 from purger.errors import PurgerError
@@ -241,6 +241,31 @@ class Purger:
             row = conn.execute(query("db_now")).fetchone()
         assert row is not None
         return now or row[0]
+
+    def forget_keys(self, report: PassReport, budget_seconds: float | None = None) -> int:
+        """After a pass: forget the keys of the records it destroyed (purger/key_trim.py).
+
+        Outside the pass and its lock: the drops are committed and audited already,
+        and a key left behind only makes a destroyed record count as a duplicate.
+        """
+        if report.dry_run:
+            return 0
+        forgotten = 0
+        try:
+            with self._connect("forget-keys") as conn:
+                for name in report.categories:
+                    if report.categories[name].outcome == OUTCOME_FAILURE:
+                        continue
+                    forgotten += key_trim.forget_destroyed_keys(
+                        conn, name, report.instant, budget_seconds=budget_seconds
+                    )
+        except (PurgerError, psycopg.Error) as exc:
+            log.warning(
+                "keys of destroyed records not forgotten (%s); the next pass does it",
+                error_text(exc),
+                extra={"pass_id": report.pass_id},
+            )
+        return forgotten
 
     def _publish_anchor(self, entry: audit.AuditEntry, report: PassReport) -> None:
         # After the pass's audit entry: its deletes are committed whatever happens here.

@@ -28,7 +28,7 @@ from purger import audit, audit_entries, held_storage
 from purger.audit_entries import PolicyRef
 from purger.db import wrap_errors
 from purger.errors import NotOwnedError, StorageError
-from purger.partitions import held_table, keys_table, owned_parent, partition_name
+from purger.partitions import owned_parent, partition_name
 from purger.purge_report import (
     OUTCOME_CONTENDED,
     OUTCOME_TIMED_OUT,
@@ -251,14 +251,6 @@ class CategoryPurge:
                     conn, category, pname, active, self.instant, remove=False
                 )
                 conn.execute(template("drop_partition", partition=sql.Identifier(pname)))
-            conn.execute(
-                template(
-                    "forget_dropped_keys",
-                    keys=sql.Identifier(keys_table(category)),
-                    held=sql.Identifier(held_table(category)),
-                ),
-                {"start": action.range_start, "end": action.range_end},
-            )
             row = conn.execute(query("unregister_partition"), {"name": pname}).fetchone()
             action.held = kept.rows
             action.rows = max((int(row[0]) if row else 0) - kept.rows, 0)
@@ -302,12 +294,7 @@ class CategoryPurge:
                     )
                     action.held += kept.rows
                 row = conn.execute(
-                    template(
-                        "delete_expired_batch",
-                        partition=ident,
-                        keys=sql.Identifier(keys_table(category)),
-                        held=sql.Identifier(held_table(category)),
-                    ),
+                    template("delete_expired_batch", partition=ident),
                     {"t": self.instant, "limit": self.delete_batch_size},
                 ).fetchone()
                 assert row is not None

@@ -197,6 +197,7 @@ class PurgeScheduler:
             # Before the pass: a shortened retention makes records due at this pass.
             self.retag()
             report = self.purger.run_pass()
+            self.purger.forget_keys(report, budget_seconds=self.retag_budget_seconds)
             self.last_report = report
             self._after_pass(report)
             self.refresh_overdue()

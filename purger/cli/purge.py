@@ -27,8 +27,9 @@ def cmd_purge(ctx: Context) -> int:
     metrics = ctx.metrics(ingest=False)
     purger = ctx.purger(metrics)
     report = purger.run_pass(categories=args.category or None, dry_run=args.dry_run)
+    forgotten = purger.forget_keys(report)
     if args.json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "keys_forgotten": forgotten})
     else:
         verb = "would remove" if args.dry_run else "removed"
         print(f"pass {report.pass_id} at {report.instant.isoformat()}: {report.outcome}")

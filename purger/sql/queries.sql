@@ -193,27 +193,27 @@ ALTER TABLE purger.{parent} DETACH PARTITION purger.{partition} FINALIZE;
 DROP TABLE purger.{partition};
 
 -- name: delete_expired_batch
--- The deleted records' keys go with them (a record in held storage keeps its key).
 WITH doomed AS (
     SELECT ctid FROM purger.{partition} WHERE expires_at <= %(t)s LIMIT %(limit)s
 ), deleted AS (
     DELETE FROM purger.{partition} d USING doomed WHERE d.ctid = doomed.ctid
-    RETURNING d.expires_at, d.record_id
-), unkeyed AS (
-    DELETE FROM purger.{keys} k USING deleted d
-    WHERE k.record_id = d.record_id AND k.expires_at = d.expires_at
-      AND NOT EXISTS (SELECT 1 FROM purger.{held} h
-                      WHERE h.expires_at = d.expires_at AND h.record_id = d.record_id)
+    RETURNING d.expires_at
 )
 SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
 
--- name: forget_dropped_keys
--- The keys of a dropped partition's records, in the same transaction as the drop;
--- the records that held storage took keep theirs.
-DELETE FROM purger.{keys} k
-WHERE k.expires_at >= %(start)s AND k.expires_at < %(end)s
-  AND NOT EXISTS (SELECT 1 FROM purger.{held} h
-                  WHERE h.expires_at = k.expires_at AND h.record_id = k.record_id);
+-- name: forget_keys_batch
+-- Keys of destroyed records (purger/key_trim.py): expired at T, older than every
+-- partition still registered (so no stored record can have them), not held.
+WITH doomed AS (
+    SELECT k.ctid FROM purger.{keys} k
+    WHERE k.expires_at <= %(t)s
+      AND k.expires_at < coalesce((SELECT min(p.range_start) FROM purger.partitions p
+                                   WHERE p.category = %(category)s), 'infinity')
+      AND NOT EXISTS (SELECT 1 FROM purger.{held} h
+                      WHERE h.expires_at = k.expires_at AND h.record_id = k.record_id)
+    LIMIT %(limit)s
+)
+DELETE FROM purger.{keys} k USING doomed d WHERE k.ctid = d.ctid;
 
 -- name: count_expired
 SELECT count(*) FROM purger.{partition} WHERE expires_at <= %(t)s;
@@ -357,10 +357,7 @@ WHERE {where}
 WITH deleted AS (
     DELETE FROM purger.{held} r
     WHERE r.expires_at <= %(t)s AND NOT {covered}
-    RETURNING r.expires_at, r.record_id
-), unkeyed AS (
-    DELETE FROM purger.{keys} k USING deleted d
-    WHERE k.record_id = d.record_id AND k.expires_at = d.expires_at
+    RETURNING r.expires_at
 )
 SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
 

@@ -146,13 +146,19 @@ def test_a_shortened_retention_makes_old_records_due_and_the_next_pass_removes_t
     registry_counts_match(database, "cookie_stats")
     assert audit_kinds(database, "records_retagged")[-1]["records"] == 15
 
-    result = make_purger(database, shorter).run_pass()
+    purger = make_purger(database, shorter)
+    result = purger.run_pass()
     assert result.outcome == "success", result.error
     assert set(rows(database, "cookie_stats")) == set(recent)
     assert set(rows(database, "cookie_stats", "held")) == {"old0", "old1"}
+    # The drops left the destroyed records' keys; they are forgotten after the pass,
+    # the held records' keys are kept.
+    assert purger.forget_keys(result) == 8
+    assert set(keys(database, "cookie_stats")) == set(recent) | {"old0", "old1"}
     release(database, hold.id)
-    make_purger(database, shorter).run_pass()
+    after = purger.run_pass()
     assert not rows(database, "cookie_stats", "held")
+    assert purger.forget_keys(after) == 2
     assert set(keys(database, "cookie_stats")) == set(recent)
 
 
