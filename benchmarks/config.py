@@ -9,12 +9,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from harness.loopback import require_loopback
 
-SECTIONS = ("ingest", "purge", "load", "holds")
-# The sizes the issue names; on 2 cores the whole run takes about 9.5 minutes with
-# them. Smaller knobs (e.g. BENCH_RECORDS=200000) give a quick look.
+SECTIONS = ("ingest", "purge", "load", "holds", "connect", "partman")
+# The sizes the issues name; on 2 cores the whole run, comparisons included, takes about
+# 17 minutes with them. Smaller knobs (e.g. BENCH_RECORDS=200000) give a quick look.
 DEFAULT_RECORDS = 1_000_000
 ISSUE_RECORDS = 1_000_000
 ISSUE_EXPIRED = 5_000_000
+# Issue 11's backlog for the comparison with Kafka Connect.
+ISSUE_COMPARE_RECORDS = 500_000
 
 
 class BenchConfigError(ValueError):
@@ -74,6 +76,10 @@ class BenchConfig:
     load_baseline_seconds: float
     hold_counts: tuple[int, ...]
     sections: tuple[str, ...]
+    # The comparisons with Kafka Connect and pg_partman (sections connect, partman).
+    compare_records: int
+    compare_rounds: int
+    partman_expired: int
     server_url: str
     kafka_bootstrap: str
     results_dir: Path
@@ -99,6 +105,9 @@ class BenchConfig:
             "load_baseline_seconds": self.load_baseline_seconds,
             "hold_counts": list(self.hold_counts),
             "sections": list(self.sections),
+            "compare_records": self.compare_records,
+            "compare_rounds": self.compare_rounds,
+            "partman_expired": self.partman_expired,
         }
 
 
@@ -142,6 +151,9 @@ def load_config() -> BenchConfig:
         load_baseline_seconds=_float("BENCH_LOAD_BASELINE_SECONDS", 10.0),
         hold_counts=_ints("BENCH_HOLD_COUNTS", (0, 1000, 100_000)),
         sections=tuple(s for s in SECTIONS if s in sections),
+        compare_records=_int("BENCH_CONNECT_RECORDS", ISSUE_COMPARE_RECORDS, 1000),
+        compare_rounds=_int("BENCH_COMPARE_ROUNDS", 2, 1),
+        partman_expired=_int("BENCH_PARTMAN_EXPIRED", ISSUE_EXPIRED, 3000),
         server_url=server,
         kafka_bootstrap=kafka,
         results_dir=Path(os.environ.get("BENCH_RESULTS_DIR") or "bench-results"),

@@ -8,8 +8,10 @@ the choice does not flatter the purge.
 
 Each daily partition is filled as a plain table, gets the category table's three
 indexes (primary key, GIN on subject keys, tenant) built in bulk, and is then
-attached to the category table and registered with its exact ``row_count``, as
-``PartitionManager`` and ingestion would have left it. Row by row index
+attached to the category table and registered with its exact ``row_count``, and
+its records' keys are entered in the category's key registry, as
+``PartitionManager`` and ingestion would have left it (``keys_ready`` then
+vacuums and analyses the registry, as a running system's autovacuum would have). Row by row index
 maintenance of millions of rows would not fit the time budget, and the end state
 is the same. The unpartitioned twin gets the same rows from the same generator,
 and the same three indexes.
@@ -29,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from purger.partitions import parent_table, partition_name
+from purger.partitions import keys_table, parent_table, partition_name
 from purger.queries import query
 
 CATEGORY = "cdr"
@@ -243,9 +245,30 @@ def partition_task(url: str, chunks: Sequence[Chunk]) -> Task:
                     "UPDATE purger.partitions SET row_count = %s WHERE partition_name = %s",
                     [rows, name],
                 )
+            # Ingestion enters every stored record in the key registry (one row each).
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (record_id, expires_at) SELECT record_id, expires_at FROM {}"
+                ).format(KEYS, table)
+            )
         return rows
 
     return build
+
+
+KEYS = sql.Identifier("purger", keys_table(CATEGORY))
+
+
+def keys_off(url: str) -> None:
+    """No autovacuum on the key registry either: none may run inside a measurement."""
+    with _connect(url, "keys") as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(KEYS))
+
+
+def keys_ready(url: str) -> None:
+    """VACUUM ANALYZE the key registry once it is filled (not timed)."""
+    with _connect(url, "keys") as conn:
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(KEYS))
 
 
 def partition_tasks(url: str, chunks: Sequence[Chunk]) -> list[Task]:

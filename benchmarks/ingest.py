@@ -107,11 +107,28 @@ def _db_span(url: str, ws: Workspace) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
+def _db_rows(url: str, ws: Workspace) -> int:
+    """Records in the category tables, counted by the database."""
+    parts = [
+        sql.SQL("SELECT count(*) AS n FROM purger.{}").format(sql.Identifier(parent_table(name)))
+        for name in ws.policy.categories
+    ]
+    statement = sql.SQL("SELECT sum(n) FROM ({}) AS s").format(sql.SQL(" UNION ALL ").join(parts))
+    with psycopg.connect(url) as conn:
+        row = conn.execute(statement).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def run_ours(
-    ws: Workspace, config: BenchConfig, workers: int, ends: dict[TopicPartition, int]
+    ws: Workspace,
+    config: BenchConfig,
+    workers: int,
+    ends: dict[TopicPartition, int],
+    *,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """``purger consume --until-idle --workers N`` over the whole backlog, fresh DB and group."""
-    label = f"w{workers}"
+    label = label or f"w{workers}"
     url = ws.create_database(label)
     group = ws.group(label)
     stderr_path = ws.tmp / f"consume-{label}.stderr"
@@ -150,6 +167,7 @@ def run_ours(
     last = watch.all_committed_at
     seconds = (last - first) if first is not None and last is not None else None
     span = _db_span(url, ws)
+    rows = _db_rows(url, ws)
     if workers > 1:
         ws.drop_database(label)
     worker_peaks = watch.peaks_mb("main" if workers == 1 else "worker")
@@ -164,11 +182,20 @@ def run_ours(
         "startup_seconds": round(first - started, 3) if first is not None else None,
         "db_batch_span_seconds": round(span, 3) if span is not None else None,
         "peak_rss_mb_per_worker": worker_peaks,
+        # Of the consumer's own processes: the share of the cores the services did not get.
+        "cpu_seconds": watch.cpu_seconds(),
+        "cpu_us_per_record": round(watch.cpu_seconds() / total * 1e6, 1) if total else None,
         "peak_rss_mb_parent": watch.peaks_mb("main") if workers > 1 else [],
         "errors": summary.get("errors", []),
     }
-    if code != 0 or stored != total or seconds is None:
-        result["problem"] = f"exit code {code}, stored {stored} of {total}" + (
+    result["rows_in_database"] = rows
+    result["duplicates"] = sum(
+        int(c.get("duplicates", 0)) for c in summary.get("categories", {}).values()
+    )
+    # A broker restart or a rebalance makes Kafka redeliver what the database already
+    # holds: counted as duplicates, not stored again. Every record stored once is the test.
+    if code != 0 or rows != total or seconds is None:
+        result["problem"] = f"exit code {code}, {rows} of {total} records in the database" + (
             "" if seconds is not None else ", start or end not observed"
         )
         # The workspace (and the log file) is removed at the end: keep the tail.

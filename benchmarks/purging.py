@@ -56,6 +56,7 @@ def prepare(
     )
     log.info("purge: %s live rows", f"{prepared.live:,}")
     url_base = ws.create_database("base")
+    dataset.keys_off(url_base)
     dataset.run_tasks(dataset.partition_tasks(url_base, live))
     url_m10 = ws.clone_database("base", "m10")
     tasks: list[Task] = []
@@ -77,6 +78,9 @@ def prepare(
         f"{prepared.expired_m10:,}",
     )
     dataset.run_tasks(tasks)
+    dataset.keys_ready(url_m10)
+    if purge:
+        dataset.keys_ready(url_m)
     if load:
         ws.clone_database("m10", "load")
         prepared.load_label = "load"

@@ -45,6 +45,31 @@ What is measured:
 4. **Hold cost.** The pass at M again, with a legal hold (placed with
    `purger hold place --tenant` before the pass, not timed in the pass) covering
    1,000 and 100,000 of the expired records, spread over all 30 partitions.
+5. **Against Kafka Connect** (section `connect`). What a platform team would
+   assemble instead: a Kafka Connect standalone worker
+   (`org.apache.kafka:connect-runtime` at the broker's version) with Debezium's JDBC
+   sink (`io.debezium:debezium-connector-jdbc` plugin archive), both from Maven
+   Central into `~/.cache/purger-bench` by `scripts/bench/setup.sh`. JsonConverter
+   with schemas, the sink tuned for throughput (`insert.mode=insert`, `batch.size`
+   and the consumer's `max.poll.records` 5000, bulk insert through `UNNEST`),
+   `tasks.max` 1 and 2, into tables without any index (plain) or range partitioned
+   by day. The same records (same generator and seeds; in JsonConverter's schema
+   envelope for Connect), alternating runs: per round ours with 1 worker, Connect
+   with 1 task on both targets, ours with 2 workers, Connect with 2 tasks on both;
+   each run a fresh database and group, timed like ours (first assignment to last
+   offset commit; Connect flushes offsets every second). Connect does no contract
+   validation, no identifier normalisation, computes no expiry and keeps no dead
+   letters; its tables carry no index while ours carry three.
+6. **Against pg_partman** (section `partman`). Debian's `postgresql-15-partman`
+   (installed by `scripts/bench/setup.sh`) takes over the category table of the
+   purge data set plus today's partly expired partition: one `part_config` row with
+   the table's control column, daily interval and naming pattern, `retention` 0 days,
+   `retention_keep_table=false`. Alternating on fresh file-level copies: one purge
+   pass against `run_maintenance_proc()` (whole partitions only), the `DELETE` of the
+   expired rows it leaves in today's partition, and the `VACUUM` the pass also runs.
+
+Sizes of the comparisons: `BENCH_CONNECT_RECORDS` (500,000), `BENCH_COMPARE_ROUNDS` (2),
+`BENCH_PARTMAN_EXPIRED` (5,000,000); `BENCH_SECTIONS=connect,partman` runs only them.
 
 Data sets are copied at file level between variants, autovacuum is off on the
 benchmark's tables (so it never runs inside a measurement) and a CHECKPOINT
@@ -110,7 +135,14 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     growth = pratios.get("pass_m_vs_pass_m10")
     p99 = (load.get("during") or {}).get("p99_ms")
     peak = max(peaks) if peaks else None
+    comp = (result.get("connect") or {}).get("ratios") or {}
+    pm = (result.get("partman") or {}).get("ratios") or {}
+    c1, c2 = comp.get("ours_1_vs_connect_1"), comp.get("ours_2_vs_connect_2")
+    vs_pm = pm.get("purger_vs_partman_and_delete")
     return {
+        "ingest_1_worker_vs_connect_1_task": check(c1, c1 is not None and c1 >= 1.0),
+        "ingest_2_workers_vs_connect_2_tasks": check(c2, c2 is not None and c2 >= 1.0),
+        "purge_pass_vs_partman_and_delete": check(vs_pm, vs_pm is not None and vs_pm <= 1.0),
         "ingest_1_worker_vs_ceiling_a": check(
             one_vs_raw, one_vs_raw is not None and one_vs_raw >= 0.8
         ),
@@ -284,6 +316,116 @@ def _hold_rows(holds: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _rate(stats: dict[str, Any]) -> str:
+    return f"{_n(stats.get('min'))} / {_n(stats.get('median'))} records/s"
+
+
+def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list[str]]:
+    if not comp:
+        return []
+    if "error" in comp:
+        return [["Against Kafka Connect", f"failed: {comp['error']}", "", "", ""]]
+    summary, r, sizes = comp["summary"], comp["ratios"], comp["message_bytes"]
+    runs = comp["runs"]
+
+    def peak(key: str, field: str) -> str:
+        values = [v for run in runs[key] for v in _list(run.get(field))]
+        return f"{_n(max(values))} MB" if values else "-"
+
+    head = (
+        f"{_n(comp['records'])} records, {comp['rounds']} alternating rounds, "
+        f"ours {_n(sizes['ours'])} B/message, Connect {_n(sizes['connect'])} B/message"
+    )
+    rows = [[f"Against Kafka Connect + Debezium JDBC sink ({head})", "min / median", "", "", ""]]
+    for workers in (1, 2):
+        rows.append(
+            [
+                f"Ours, {workers} worker{'s' if workers > 1 else ''} (peak RSS per worker "
+                f"{peak(f'ours_{workers}', 'peak_rss_mb_per_worker')})",
+                _rate(summary[f"ours_{workers}"]),
+                f"{_n(r[f'ours_{workers}_vs_connect_{workers}'], 2)} x Connect, "
+                f"{workers} task{'s' if workers > 1 else ''} (faster target)",
+                "≥ 1.0 x",
+                _met(
+                    t[
+                        f"ingest_{workers}_worker{'s' if workers > 1 else ''}_vs_connect_"
+                        f"{workers}_task{'s' if workers > 1 else ''}"
+                    ]["met"]
+                ),
+            ]
+        )
+        for target in ("plain", "partitioned"):
+            key = f"connect_{workers}_{target}"
+            rows.append(
+                [
+                    f"Connect, tasks.max={workers}, {target} target "
+                    f"(peak RSS {peak(key, 'peak_rss_mb')})",
+                    _rate(summary[key]),
+                    "",
+                    "",
+                    "",
+                ]
+            )
+    for key, values in runs.items():
+        for run in values:
+            if run.get("problem"):
+                rows.append([f"Problem ({key})", run["problem"], "", "", ""])
+    return rows
+
+
+def _list(value: Any) -> list[float]:
+    if value is None:
+        return []
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
+
+def _partman_rows(pm: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list[str]]:
+    if not pm:
+        return []
+    if "error" in pm:
+        return [["Against pg_partman", f"failed: {pm['error']}", "", "", ""]]
+
+    def secs(stats: dict[str, Any]) -> str:
+        return f"{_n(stats['min'], 3)} / {_n(stats['median'], 3)} s"
+
+    left = max((r["expired_left_by_partman"] for r in pm["partman"]), default=0)
+    ours_left = max((r["expired_left"] for r in pm["purger"]), default=0)
+    r = pm["ratios"]
+    return [
+        [
+            f"Against pg_partman {pm['pg_partman']} ({_n(pm['expired_whole'])} expired in "
+            f"{pm['partitions']} partitions, today's {_n(pm['today_rows'])} rows partly "
+            f"expired, {_n(pm['live'])} live)",
+            "min / median",
+            "",
+            "",
+            "",
+        ],
+        [
+            "Purger pass (holds check, audit chain, detach + drop, boundary DELETE + VACUUM)",
+            f"{secs(pm['purger_seconds'])}, {_n(ours_left)} expired rows left",
+            f"{_n(r['purger_vs_partman_and_delete'], 2)} x pg_partman + DELETE",
+            "≤ 1.0 x",
+            _met(t["purge_pass_vs_partman_and_delete"]["met"]),
+        ],
+        [
+            "pg_partman run_maintenance_proc (drops only)",
+            f"{secs(pm['partman_drop_seconds'])}, {_n(left)} expired rows left",
+            "",
+            "",
+            "",
+        ],
+        ["pg_partman + DELETE of the rest", secs(pm["partman_and_delete_seconds"]), "", "", ""],
+        [
+            "pg_partman + DELETE + VACUUM of today's partition",
+            secs(pm["partman_delete_vacuum_seconds"]),
+            f"purger: {_n(r['purger_vs_partman_delete_vacuum'], 2)} x this",
+            "",
+            "",
+        ],
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The run's section of BENCHMARKS.md."""
     machine = result["machine"]
@@ -309,6 +451,8 @@ def markdown(result: dict[str, Any]) -> str:
         + _purge_rows(result.get("purge") or {}, t)
         + _load_rows(result.get("load") or {}, t)
         + _hold_rows(result.get("holds") or {})
+        + _connect_rows(result.get("connect") or {}, t)
+        + _partman_rows(result.get("partman") or {}, t)
     )
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     load = machine.get("load_average_at_start")

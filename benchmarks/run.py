@@ -5,8 +5,10 @@ BENCH_NAIVE_RECORDS, BENCH_TOPIC_PARTITIONS, BENCH_PRODUCERS,
 BENCH_BATCH_MAX_RECORDS, BENCH_PURGE_EXPIRED, BENCH_PURGE_LIVE,
 BENCH_PURGE_PARTITIONS, BENCH_LOAD_RATE, BENCH_LOAD_BATCH,
 BENCH_LOAD_BASELINE_SECONDS, BENCH_HOLD_COUNTS, BENCH_SECTIONS
-(ingest,purge,load,holds), BENCH_DATABASE_URL, BENCH_KAFKA_BOOTSTRAP,
-BENCH_RESULTS_DIR, BENCH_MARKDOWN.
+(ingest,purge,load,holds,connect,partman), BENCH_CONNECT_RECORDS,
+BENCH_COMPARE_ROUNDS, BENCH_PARTMAN_EXPIRED, BENCH_DATABASE_URL,
+BENCH_KAFKA_BOOTSTRAP, BENCH_RESULTS_DIR, BENCH_MARKDOWN. The comparisons
+(connect, partman) need ``scripts/bench/setup.sh`` first (``make bench`` runs it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import psycopg
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from benchmarks import holdcost, ingest, machine, purging, report, underload
+from benchmarks import compare, holdcost, ingest, machine, partman, purging, report, underload
 from benchmarks.config import (
     ISSUE_EXPIRED,
     ISSUE_RECORDS,
@@ -35,6 +37,10 @@ from benchmarks.config import (
 from benchmarks.workspace import Workspace
 
 log = logging.getLogger("benchmarks")
+
+# Kafka Connect is resolved at the broker's version: scripts/services.sh's default, or the
+# version it was told (the same variable; read before PURGER_* leave the environment).
+KAFKA_VERSION = os.environ.get("PURGER_KAFKA_VERSION") or "4.3.1"
 
 
 def _configure_logging() -> None:
@@ -119,6 +125,18 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 clones = prepared[0].hold_clones if prepared else {}
                 held = prepared[0].held_rows if prepared else {}
                 _section(result, "holds", lambda: holdcost.run(ws, config, clones, held, pass_m))
+        if "connect" in sections:
+            _section(result, "connect", lambda: compare.run(config, KAFKA_VERSION))
+        if "partman" in sections:
+            prepared_pm: list[dict[str, Any]] = []
+
+            def prepare_pm() -> dict[str, Any]:
+                prepared_pm.append(partman.prepare(ws, config))
+                return prepared_pm[-1]
+
+            _section(result, "partman_prepare", prepare_pm)
+            if prepared_pm:
+                _section(result, "partman", lambda: partman.run(ws, config, prepared_pm[0]))
     finally:
         problems = ws.close()
         if problems:
@@ -156,7 +174,16 @@ def main() -> int:
     log.info("results: %s; table appended to %s; %.0f s", path, config.markdown, result["seconds"])
     failed = [
         k
-        for k in ("ingest", "prepare", "purge", "load", "holds")
+        for k in (
+            "ingest",
+            "prepare",
+            "purge",
+            "load",
+            "holds",
+            "connect",
+            "partman_prepare",
+            "partman",
+        )
         if "error" in (result.get(k) or {})
     ]
     return 1 if failed else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,13 +61,28 @@ def role_of(pid: int, root: int) -> str:
     return "worker" if "spawn_main" in _cmdline(pid) else "helper"
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of ``pid`` so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: count fields after its closing ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ProcessPeak:
-    """The high-water mark of one process's resident memory (VmHWM)."""
+    """The high-water mark of one process's resident memory (VmHWM), and its CPU time."""
 
     pid: int
     role: str
     peak_kib: int = 0
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -81,6 +97,8 @@ class ConsumerWatch:
     processes: dict[int, ProcessPeak] = field(default_factory=dict)
     first_commit_at: float | None = None
     all_committed_at: float | None = None
+    # Set once every partition's committed offset reached its end.
+    done: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -121,6 +139,9 @@ class ConsumerWatch:
             if peak is None:
                 peak = self.processes[pid] = ProcessPeak(pid, role_of(pid, self.root))
             peak.peak_kib = max(peak.peak_kib, hwm)
+            cpu = _cpu_seconds(pid)
+            if cpu is not None:
+                peak.cpu_seconds = max(peak.cpu_seconds, cpu)
 
     def _sample_offsets(self, admin: KafkaAdminClient) -> None:
         try:
@@ -133,6 +154,11 @@ class ConsumerWatch:
             self.first_commit_at = now
         if all(committed.get(tp, -1) >= end for tp, end in self.ends.items()):
             self.all_committed_at = now
+            self.done.set()
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used by the whole process tree (as last sampled, up to 0.1 s early)."""
+        return round(sum(p.cpu_seconds for p in self.processes.values()), 2)
 
     def peaks_mb(self, role: str) -> list[float]:
         """Peak RSS in MB (10^6 bytes) of every process of ``role`` seen."""

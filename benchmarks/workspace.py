@@ -108,6 +108,12 @@ class Workspace:
         )
         return names
 
+    def create_extra_topics(self, names: list[str]) -> None:
+        """More topics of this run (``topic_partitions`` each), removed at the end."""
+        kafka_cleanup.create_topics(
+            self._kafka_admin, names, self.config.topic_partitions, self.topics
+        )
+
     # -- cleanup ---------------------------------------------------------------------------
     def close(self) -> list[str]:
         """Drop every database, topic and consumer group of the run; problems, if any."""

@@ -109,10 +109,21 @@ _NORMALISERS: dict[str, Callable[[str], str]] = {
 }
 
 
+# Identifiers normalised lately, valid ones only: a CDR stream names the same subscribers
+# all day. Bounded, since a key is at most about 2 x 256 bytes of text: a few MB at most.
+NORMALISED_CACHE_SIZE = 32768
+
+
 def normalise(kind: str, raw: str, default_country_code: int = 31) -> str:
     """Normalise one identifier of type ``kind``; IdentifierError when it is not valid."""
     if not isinstance(raw, str):
         raise IdentifierError(f"{kind} must be a string")
+    return _normalise(kind, raw, default_country_code)
+
+
+@lru_cache(maxsize=NORMALISED_CACHE_SIZE)
+def _normalise(kind: str, raw: str, default_country_code: int) -> str:
+    # An error is raised, never cached: a repeated invalid identifier is checked again.
     if not raw.strip():
         raise IdentifierError(f"{kind} is empty")
     if "\x00" in raw:

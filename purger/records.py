@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from purger.errors import InvalidMessage
 from purger.identifiers import (
     IdentifierError,
@@ -182,19 +184,31 @@ def _check_depth(data: Any) -> None:
     raise InvalidMessage(REASON_TOO_DEEPLY_NESTED, f"message nests deeper than {MAX_DEPTH} levels")
 
 
-def _parse_json(text: str) -> Any:
+# What _canonical returns for a message the strict parser must read.
+_SLOW = object()
+
+
+def _canonical(value: bytes) -> Any:
+    """The parsed value when ``value`` is exactly orjson's own rendering of it, else _SLOW.
+
+    Such a value cannot hide what the strict parser refuses: a duplicate key would
+    be missing from the rendering, a non-finite number, an integer orjson reads as a
+    double (past 64 bits) or any other number it reads differently would render
+    otherwise. Producers that write compact JSON (most do) take this path; every
+    other message takes the strict parser, which names the reason.
+    """
     try:
-        data = _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidMessage(REASON_INVALID_JSON, f"message is not JSON ({exc.msg})") from None
-    except RecursionError:
-        raise InvalidMessage(
-            REASON_TOO_DEEPLY_NESTED, f"message nests deeper than {MAX_DEPTH} levels"
-        ) from None
-    except ValueError:
-        # Not expected with the hooks above (they refuse what int() and float() would);
-        # kept so that no ValueError can ever escape decode.
-        raise InvalidMessage(REASON_INVALID_JSON, "message is not JSON") from None
+        data = orjson.loads(value)
+        same = orjson.dumps(data) == value
+    except (ValueError, TypeError, RecursionError):
+        return _SLOW
+    return data if same else _SLOW
+
+
+def _parse_json(text: str, value: bytes) -> Any:
+    data = _canonical(value)
+    if data is _SLOW:
+        data = _parse_strict(text)
     # Depth is at most the number of brackets, counted in C; most messages stop here.
     if text.count("{") + text.count("[") > MAX_DEPTH:
         _check_depth(data)
@@ -212,6 +226,21 @@ def _parse_json(text: str) -> Any:
                 REASON_INVALID_JSON, "message has a lone surrogate \\u escape"
             ) from None
     return data
+
+
+def _parse_strict(text: str) -> Any:
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidMessage(REASON_INVALID_JSON, f"message is not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InvalidMessage(
+            REASON_TOO_DEEPLY_NESTED, f"message nests deeper than {MAX_DEPTH} levels"
+        ) from None
+    except ValueError:
+        # Not expected with the hooks above (they refuse what int() and float() would);
+        # kept so that no ValueError can ever escape decode.
+        raise InvalidMessage(REASON_INVALID_JSON, "message is not JSON") from None
 
 
 def _text_field(data: dict[str, Any], field: str, max_bytes: int) -> str:
@@ -242,7 +271,7 @@ def decode(
         raise InvalidMessage(REASON_NOT_UTF8, "message value is not UTF-8") from None
     if "\x00" in text:
         raise InvalidMessage(REASON_NUL_CHARACTER, "message contains a NUL character")
-    data = _parse_json(text)
+    data = _parse_json(text, value)
     if not isinstance(data, dict):
         raise InvalidMessage(REASON_NOT_OBJECT, f"message is a JSON {type(data).__name__}")
     for field in _CONTRACT_FIELDS:
