@@ -2,6 +2,10 @@
 # A real single-node Kubernetes cluster on loopback for the end-to-end tests (tests/e2e).
 #
 #   scripts/cluster.sh build        build/cache the binaries (Kubernetes, etcd, pause, helm)
+#   scripts/cluster.sh deps         install the Debian packages the cluster needs (apt)
+#   scripts/cluster.sh binaries     build/cache only the Go binaries (Kubernetes, etcd): needs
+#                                   nothing but Go, so it can start before anything else
+#   scripts/cluster.sh archive IMAGE..  write the OCI archives `load` imports (cached per image ID)
 #   scripts/cluster.sh up           start etcd, the control plane, containerd and a kubelet;
 #                                   wait until the node is Ready (idempotent: builds first)
 #   scripts/cluster.sh load IMAGE.. import local buildah images into the node (ctr import);
@@ -19,8 +23,12 @@
 #   through the API server on 127.0.0.1 (kubectl exec / port-forward / the API server proxy).
 #
 # Cache (kept between runs, never in the repository): ${PURGER_CLUSTER_HOME:-$HOME/.cache/purger-cluster}
-#   bin/        kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd
-#   images/     pause.tar (the sandbox image, built from pause.c)
+#   bin/        kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd,
+#               each set with a stamp .kubernetes-<key> / .etcd-<key>: the key hashes what the
+#               build depends on (version, packages, flags, `go env GOVERSION`), so a change of
+#               any of them rebuilds and nothing else does
+#   images/     pause-<key>.tar (the sandbox image, built from pause.c); <image ID>.tar, the
+#               archives of the project's images that `load` imports
 #   src/        the small wrapper Go modules the binaries are built from
 #   logs/       build logs
 # State (removed by `down`): $PURGER_CLUSTER_HOME/run  (certificates, etcd data, kubelet and
@@ -75,23 +83,41 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # ------------------------------------------------------------------------------------ build
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
+k8s_ldflags() {
+    local minor="${K8S_VERSION#v1.}" ldflags="-s -w" pkg
+    minor="${minor%%.*}"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    echo "$ldflags"
+}
+
+go_version() { go env GOVERSION 2>/dev/null || echo none; }
+
 build_kubernetes() {
-    local stamp="$BIN/.kubernetes-$K8S_VERSION" b
+    local ldflags key stamp b
+    ldflags="$(k8s_ldflags)"
+    key="$(key_of kubernetes "$K8S_VERSION" "${K8S_BINARIES[*]}" "$ldflags" CGO_ENABLED=0 "$(go_version)")"
+    stamp="$BIN/.kubernetes-$key"
     local all=1
     for b in "${K8S_BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || all=0; done
     if [[ "$all" -eq 1 && -f "$stamp" ]]; then return 0; fi
     command -v go >/dev/null 2>&1 || fail "go is not installed (needed to build Kubernetes)"
     local mod="$SRC/kubernetes-$K8S_VERSION" logfile="$BUILD_LOGS/kubernetes-$K8S_VERSION.log"
-    local start=$SECONDS gomod staging minor
+    local start=$SECONDS gomod staging
     mkdir -p "$mod" "$BIN" "$BUILD_LOGS"
+    rm -f "$BIN"/.kubernetes-*
     : >"$logfile"
-    log "building Kubernetes $K8S_VERSION from the Go module proxy (about 6 min on 2 cores with an empty cache; log: $logfile)"
+    log "building Kubernetes $K8S_VERSION from the Go module proxy (6-14 min on 2 cores with an empty cache; log: $logfile)"
     # k8s.io/kubernetes replaces its staging modules with local folders, so it cannot be
     # `go install`ed: a wrapper module requires it and points every staging module at its
     # published version (v0.<minor>.<patch>).
     staging="v0.${K8S_VERSION#v1.}"
-    gomod="$(cd "$mod" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" 2>>"$logfile" \
-        | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')" || true
+    local download
+    download="$(cd "$mod" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" 2>>"$logfile")" || true
+    echo "$download" >>"$logfile" # with -json, an error is a field of this output
+    gomod="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$download")"
     [[ -n "$gomod" && -f "$gomod" ]] || fail "go mod download k8s.io/kubernetes@$K8S_VERSION" "$logfile"
     {
         echo "module purger.local/kubernetes"
@@ -114,13 +140,6 @@ build_kubernetes() {
         echo ")"
     } >"$mod/tools.go"
     (cd "$mod" && go mod tidy) >>"$logfile" 2>&1 || fail "go mod tidy (Kubernetes wrapper module)" "$logfile"
-    minor="${K8S_VERSION#v1.}"
-    minor="${minor%%.*}"
-    local ldflags="-s -w" pkg
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-        ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
     local pkgs=()
     for b in "${K8S_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
     (cd "$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$BIN/" "${pkgs[@]}") \
@@ -131,16 +150,8 @@ build_kubernetes() {
     log "built Kubernetes $K8S_VERSION in $((SECONDS - start)) s"
 }
 
-build_etcd() {
-    local stamp="$BIN/.etcd-$ETCD_VERSION"
-    [[ -x "$BIN/etcd" && -f "$stamp" ]] && return 0
-    local mod="$SRC/etcd-$ETCD_VERSION" logfile="$BUILD_LOGS/etcd-$ETCD_VERSION.log" start=$SECONDS
-    mkdir -p "$mod" "$BIN" "$BUILD_LOGS"
-    : >"$logfile"
-    log "building etcd $ETCD_VERSION (log: $logfile)"
-    cat >"$mod/main.go" <<'EOF'
-// etcd built from its server module (go install refuses the module's replace directives).
-package main
+# etcd built from its server module (go install refuses the module's replace directives).
+ETCD_MAIN='package main
 
 import (
 	"os"
@@ -148,8 +159,20 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 )
 
-func main() { etcdmain.Main(os.Args) }
-EOF
+func main() { etcdmain.Main(os.Args) }'
+
+build_etcd() {
+    local key stamp
+    key="$(key_of etcd "$ETCD_VERSION" "$ETCD_MAIN" CGO_ENABLED=0 "-s -w" "$(go_version)")"
+    stamp="$BIN/.etcd-$key"
+    [[ -x "$BIN/etcd" && -f "$stamp" ]] && return 0
+    command -v go >/dev/null 2>&1 || fail "go is not installed (needed to build etcd)"
+    local mod="$SRC/etcd-$ETCD_VERSION" logfile="$BUILD_LOGS/etcd-$ETCD_VERSION.log" start=$SECONDS
+    mkdir -p "$mod" "$BIN" "$BUILD_LOGS"
+    rm -f "$BIN"/.etcd-*
+    : >"$logfile"
+    log "building etcd $ETCD_VERSION (log: $logfile)"
+    printf '%s\n' "$ETCD_MAIN" >"$mod/main.go"
     printf 'module purger.local/etcd\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$mod/go.mod"
     (cd "$mod" && go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" .) \
         >>"$logfile" 2>&1 || fail "go build etcd $ETCD_VERSION" "$logfile"
@@ -157,10 +180,15 @@ EOF
     log "built etcd $ETCD_VERSION in $((SECONDS - start)) s"
 }
 
+PAUSE_CFLAGS="-Os -static -DVERSION=3.10-purger"
+pause_tar() { echo "$IMAGES/pause-$(key_of pause "$K8S_VERSION" "$PAUSE_CFLAGS" "$PAUSE_IMAGE").tar"; }
+
 build_pause() {
     # The sandbox image: pause.c from the k8s.io/kubernetes module, static, FROM scratch.
-    local tar="$IMAGES/pause.tar"
+    local tar
+    tar="$(pause_tar)"
     [[ -f "$tar" ]] && return 0
+    rm -f "$IMAGES"/pause*.tar
     local logfile="$BUILD_LOGS/pause.log" dir src ctr
     mkdir -p "$IMAGES" "$BUILD_LOGS"
     dir="$(cd "$SRC/kubernetes-$K8S_VERSION" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
@@ -169,7 +197,8 @@ build_pause() {
     log "building the pause image from $src"
     local work
     work="$(mktemp -d)"
-    gcc -Os -static -o "$work/pause" -DVERSION=3.10-purger "$src" >>"$logfile" 2>&1 \
+    # shellcheck disable=SC2086 # PAUSE_CFLAGS is a list of flags
+    gcc $PAUSE_CFLAGS -o "$work/pause" "$src" >>"$logfile" 2>&1 \
         || fail "gcc -static pause.c" "$logfile"
     strip "$work/pause" || true
     ctr="$("$SCRIPT_DIR/image.sh" buildah from scratch)"
@@ -184,10 +213,23 @@ build_pause() {
     rm -rf "$work"
 }
 
-cmd_build() {
-    apt_install containerd runc containernetworking-plugins openssl buildah gcc libc6-dev iproute2 ca-certificates
+DEB_PACKAGES=(containerd runc containernetworking-plugins openssl buildah gcc libc6-dev iproute2 ca-certificates)
+
+cmd_deps() { apt_install "${DEB_PACKAGES[@]}"; }
+
+cmd_binaries() {
+    # One build at a time: a second run waits, then finds the binaries built.
+    mkdir -p "$CLUSTER_HOME"
+    exec 8>"$CLUSTER_HOME/.build.lock"
+    flock 8
     build_kubernetes
     build_etcd
+    exec 8>&-
+}
+
+cmd_build() {
+    cmd_deps
+    cmd_binaries
     build_pause
     "$SCRIPT_DIR/install-tools.sh" >/dev/null
 }
@@ -378,7 +420,7 @@ EOF
         "https://127.0.0.1:$API_PORT" "$PKI/ca.crt" "$PKI/admin.crt" "$PKI/admin.key"
     start_bg containerd containerd --config "$RUN/containerd/config.toml"
     wait_for "containerd" 30 "$LOGS/containerd.log" ctr --address "$CONTAINERD_SOCK" version
-    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$IMAGES/pause.tar" >>"$LOGS/import.log" 2>&1 \
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$(pause_tar)" >>"$LOGS/import.log" 2>&1 \
         || fail "ctr import pause" "$LOGS/import.log"
     kubeconfig "$RUN/kubelet.kubeconfig" node
     cat >"$RUN/kubelet.yaml" <<EOF
@@ -447,31 +489,44 @@ cmd_up() {
 }
 
 # ------------------------------------------------------------------------------------ load
-cmd_load() {
-    [[ -S "$CONTAINERD_SOCK" ]] || fail "the cluster is not up (no $CONTAINERD_SOCK)"
-    local image id tar
+archive_of() {
+    # archive_of <image>: prints the OCI archive of the image's current ID (written once per ID).
+    local image="$1" id tar
+    id="$("$SCRIPT_DIR/image.sh" buildah inspect --type image --format '{{.FromImageID}}' "$image" 2>/dev/null)" \
+        || fail "image $image not found in the buildah store (scripts/image.sh build / services)"
+    tar="$IMAGES/${id:0:16}.tar"
+    if [[ ! -s "$tar" ]]; then
+        rm -f "$tar.partial"
+        "$SCRIPT_DIR/image.sh" archive "$image" "$tar.partial"
+        mv "$tar.partial" "$tar"
+    fi
+    echo "$tar"
+}
+
+cmd_archive() {
+    local image
     mkdir -p "$IMAGES"
-    for image in "$@"; do
-        id="$("$SCRIPT_DIR/image.sh" buildah inspect --type image --format '{{.FromImageID}}' "$image" 2>/dev/null)" \
-            || fail "image $image not found in the buildah store (scripts/image.sh build / services)"
-        tar="$IMAGES/${id:0:16}.tar"
-        if [[ ! -s "$tar" ]]; then
-            rm -f "$IMAGES"/*.tar.partial
-            "$SCRIPT_DIR/image.sh" archive "$image" "$tar.partial"
-            mv "$tar.partial" "$tar"
-        fi
-        ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tar" >>"$LOGS/import.log" 2>&1 \
-            || fail "ctr import $image" "$LOGS/import.log"
-        log "loaded $image (${id:0:12}) into the node"
-    done
+    for image in "$@"; do archive_of "$image" >/dev/null; done
     # Archives of images that no longer exist in the buildah store are stale (each image
     # build leaves one otherwise).
-    local ids keep
+    local ids keep tar
     ids="$("$SCRIPT_DIR/image.sh" buildah images --no-trunc --format '{{.ID}}' 2>/dev/null)" || return 0
     for tar in "$IMAGES"/*.tar; do
-        [[ -e "$tar" && "$(basename "$tar")" != pause.tar ]] || continue
+        [[ -e "$tar" && "$(basename "$tar")" != pause* ]] || continue
         keep="$(basename "$tar" .tar)"
         grep -q "^\(sha256:\)\{0,1\}$keep" <<<"$ids" || rm -f "$tar"
+    done
+}
+
+cmd_load() {
+    [[ -S "$CONTAINERD_SOCK" ]] || fail "the cluster is not up (no $CONTAINERD_SOCK)"
+    local image tar
+    cmd_archive "$@"
+    for image in "$@"; do
+        tar="$(archive_of "$image")"
+        ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tar" >>"$LOGS/import.log" 2>&1 \
+            || fail "ctr import $image" "$LOGS/import.log"
+        log "loaded $image ($(basename "$tar" .tar | cut -c1-12)) into the node"
     done
 }
 
@@ -597,6 +652,9 @@ cmd_env() {
 # ------------------------------------------------------------------------------------ main
 case "${1:-}" in
     build) cmd_build ;;
+    deps) cmd_deps ;;
+    binaries) cmd_binaries ;;
+    archive) shift; cmd_archive "$@" ;;
     up) cmd_up ;;
     down) cmd_down ;;
     load) shift; cmd_load "$@" ;;
@@ -604,7 +662,7 @@ case "${1:-}" in
     status) cmd_status ;;
     check-clean) cmd_check_clean ;;
     *)
-        sed -n '2,12p' "$0" >&2
+        sed -n '2,16p' "$0" >&2
         exit 2
         ;;
 esac

@@ -3,7 +3,8 @@
 #   promtool  from Debian's `prometheus` package
 #   helm (v3) built with the machine's Go from the Go module proxy
 #
-# Cache: ${PURGER_TOOLS_HOME:-$HOME/.cache/purger-tools}/bin/helm (outside the repository).
+# Cache: ${PURGER_TOOLS_HOME:-$HOME/.cache/purger-tools}/bin/helm (outside the repository);
+# it is rebuilt only when the wanted version changes.
 # Quiet when everything is already installed; prints where the tools are at the end.
 #
 # Env:
@@ -19,36 +20,15 @@ HELM_FALLBACK_VERSION="v3.22.0"
 
 mkdir -p "$BIN_DIR" "$LOG_DIR"
 
-log() { printf '[install-tools] %s\n' "$*" >&2; }
+LOG_TAG=install-tools
+APT_LOG_DIR="$LOG_DIR"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-fail() {
-    # fail <step> [logfile]
-    local step="$1" logfile="${2:-}"
-    log "FAILED: $step"
-    if [[ -n "$logfile" && -f "$logfile" ]]; then
-        log "log file: $logfile (last 30 lines follow)"
-        tail -n 30 "$logfile" >&2 || true
-    fi
-    exit 1
-}
-
-SUDO=""
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-fi
-
-APT_UPDATED=0
-apt_install() {
-    local logfile="$LOG_DIR/apt.log"
-    if [[ "$APT_UPDATED" -eq 0 ]]; then
-        log "apt-get update (log: $logfile)"
-        $SUDO apt-get update >"$logfile" 2>&1 || fail "apt-get update" "$logfile"
-        APT_UPDATED=1
-    fi
-    log "apt-get install $* (log: $logfile)"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "$@" \
-        >>"$logfile" 2>&1 || fail "apt-get install $*" "$logfile"
-}
+# One run at a time (make test runs it while builds go on in the background): a second run
+# waits, then finds the tools installed.
+exec 9>"$TOOLS_HOME/.lock"
+flock 9
 
 # ---------------------------------------------------------------- promtool
 find_promtool() {

@@ -1,13 +1,15 @@
 """End-to-end suite: the image and the chart on a real single-node Kubernetes cluster.
 
-`make e2e` builds the images (scripts/image.sh), then runs `pytest tests/e2e`; the session
-fixture starts the cluster (scripts/cluster.sh up), loads the images into the node, deploys
-PostgreSQL and Kafka in the cluster, and tears everything down at the end (also on failure),
-checking that nothing is left behind. The host talks to the cluster only through the API server
-on 127.0.0.1 (kubectl exec, the API server's service proxy).
+`make test` and `make e2e` build the images (scripts/image.sh) and the cluster's binaries
+(scripts/cluster.sh), then run `pytest tests/e2e` (scripts/e2e/run.sh); the session fixture
+starts the cluster (scripts/cluster.sh up), loads the images into the node, deploys PostgreSQL
+and Kafka in the cluster, and tears everything down at the end (also on failure), checking that
+nothing is left behind. The host talks to the cluster only through the API server on 127.0.0.1
+(kubectl exec, the API server's service proxy).
 
 The suite is collected only when asked for (`pytest tests/e2e` or PURGER_E2E=1): a plain
-`pytest` run does not start a cluster. A missing prerequisite fails, it never skips.
+`pytest` run does not start a cluster. A missing prerequisite fails, it never skips: a skipped
+end-to-end test fails the run.
 """
 
 from __future__ import annotations
@@ -47,7 +49,26 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None if asked else True
 
 
+def _skipped_e2e(config: pytest.Config) -> list[str]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reports = reporter.stats.get("skipped", []) if reporter else []
+    return [r.nodeid for r in reports if r.nodeid.startswith("tests/e2e/")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Never skipped: a skipped end-to-end test (a missing tool, a marker) fails the run."""
+    if _skipped_e2e(session.config) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = _skipped_e2e(terminalreporter.config)
+    if skipped:
+        terminalreporter.write_line(
+            f"FAILED: {len(skipped)} end-to-end test(s) skipped, which counts as a failure: "
+            + ", ".join(skipped),
+            red=True,
+        )
     if os.environ.get("PURGER_E2E_TIMING_PRINTED"):
         return
     elapsed = time.monotonic() - _STARTED
