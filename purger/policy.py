@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,7 +144,7 @@ class Category:
             "maximum_retention": str(p.maximum_retention) if p.maximum_retention else None,
         }
 
-    @property
+    @cached_property
     def rule_digest(self) -> str:
         """sha256 of ``rules()``: equal digests give equal expiries."""
         return rules_digest(self.rules())

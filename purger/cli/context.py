@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from purger import logs
 from purger.errors import ConfigError
+from purger.hold_scope import SELECTORS
 from purger.ingest import load_plugin
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy, load_policy
@@ -115,6 +116,21 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in SELECTORS}
+"""The command-line flag of each kind of subject identifier (``--msisdn``, ``--cookie-id``)."""
+
+
+def private_file(path: str) -> TextIO:
+    """A file for personal data: created 0600; an existing one is made 0600 before writing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return open(fd, "w", encoding="utf-8", newline="")
 
 
 def print_json(value: Any, out: TextIO = sys.stdout) -> None:

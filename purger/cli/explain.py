@@ -14,13 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from purger import explain, hold_scope, subject_export
-from purger.cli.context import Context, add_command, print_json
+from purger.cli.context import SELECTOR_FLAGS, Context, add_command, print_json
 from purger.db import connect
 from purger.errors import InvalidMessage
 from purger.exits import EXIT_OK, EXIT_USAGE, fail
 from purger.records import parse_timestamp
-
-_SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in hold_scope.SELECTORS}
 
 
 def _timestamp(value: str | None, flag: str) -> datetime | None:
@@ -153,7 +151,7 @@ def register(sub: Any) -> None:
     p.add_argument("--category", help="the record's category (required with --record-id)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--record-id", help="the record's id within its category")
-    for kind, flag in _SELECTOR_FLAGS.items():
+    for kind, flag in SELECTOR_FLAGS.items():
         which.add_argument(
             flag,
             dest=kind,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,14 +20,13 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from purger import hold_registry, hold_scope, restriction, subject_export
-from purger.cli.context import Context
+from purger.cli.context import SELECTOR_FLAGS, Context, private_file
 from purger.db import connect
 from purger.errors import InvalidMessage
 from purger.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from purger.records import parse_timestamp
 from purger.request_rules import InvalidRequest
 
-_SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in hold_scope.SELECTORS}
 _CSV_FIELDS = (
     "category",
     "record_id",
@@ -216,18 +214,6 @@ def cmd_hold_verify_scope(ctx: Context) -> int:
     return EXIT_OK if check is hold_registry.ScopeCheck.MATCHES else EXIT_FAILURE
 
 
-def _private_file(path: str) -> TextIO:
-    # Personal data: created 0600 (never readable by others, even briefly); an existing
-    # file is overwritten and made 0600 before anything is written to it.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        os.close(fd)
-        raise
-    return open(fd, "w", encoding="utf-8", newline="")
-
-
 def cmd_subject_export(ctx: Context) -> int:
     """Every stored record of one subject, with its expiry and covering holds."""
     args = ctx.args
@@ -243,7 +229,7 @@ def cmd_subject_export(ctx: Context) -> int:
             )
     except InvalidRequest as exc:
         fail(str(exc), EXIT_USAGE)
-    out: TextIO = _private_file(args.output) if args.output else sys.stdout
+    out: TextIO = private_file(args.output) if args.output else sys.stdout
     try:
         with _conn(ctx) as conn:
             records = list(subject_export.export_subject(conn, ctx.policy, keys))
@@ -295,7 +281,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--category", action="append", help="only this category (repeatable; default all)"
     )
-    for kind, flag in _SELECTOR_FLAGS.items():
+    for kind, flag in SELECTOR_FLAGS.items():
         p.add_argument(flag, dest=kind, action="append", metavar="X", help=f"{kind} (repeatable)")
     p.add_argument("--tenant", help="only records of this tenant")
     p.add_argument("--occurred-from", metavar="RFC3339", help="only records occurred at or after")
@@ -352,7 +338,7 @@ def register(sub: Any) -> None:
         ),
     )
     selector = p.add_mutually_exclusive_group(required=True)
-    for kind, flag in _SELECTOR_FLAGS.items():
+    for kind, flag in SELECTOR_FLAGS.items():
         selector.add_argument(flag, dest=kind, metavar="X", help=f"the subject's {kind}")
     p.add_argument("--format", choices=("json", "csv"), default="json", help="default json")
     p.add_argument(

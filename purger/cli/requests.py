@@ -13,7 +13,6 @@ no identifier. Identifiers appear in the output of ``open``, ``show`` and
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,14 +22,12 @@ from typing import Any, TextIO
 from psycopg import sql
 
 from purger import access_report, erasure, request_rules, restriction, subject_requests
-from purger.cli.context import Context, print_json
+from purger.cli.context import SELECTOR_FLAGS, Context, print_json, private_file
 from purger.db import connect
 from purger.exits import EXIT_OK, EXIT_USAGE, fail
 from purger.hold_scope import SELECTORS
 from purger.request_rules import InvalidRequest
 from purger.subject_requests import SubjectRequest
-
-_SELECTOR_FLAGS = {kind: "--" + kind.replace("_", "-") for kind in SELECTORS}
 
 
 @contextmanager
@@ -175,17 +172,6 @@ def cmd_request_erase(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _private_file(path: str) -> TextIO:
-    # Personal data: created 0600, an existing file made 0600 before it is written to.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        os.close(fd)
-        raise
-    return open(fd, "w", encoding="utf-8", newline="")
-
-
 def cmd_request_export(ctx: Context) -> int:
     """Answer an access request: the subject's records and why they are kept."""
     args = ctx.args
@@ -198,7 +184,7 @@ def cmd_request_export(ctx: Context) -> int:
             output_format=args.format,
             purpose=args.purpose,
         )
-    out: TextIO = _private_file(args.output) if args.output else sys.stdout
+    out: TextIO = private_file(args.output) if args.output else sys.stdout
     try:
         if args.format == "csv":
             writer = csv.DictWriter(out, fieldnames=access_report.CSV_FIELDS)
@@ -259,7 +245,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--type", required=True, choices=request_rules.REQUEST_TYPES)
-    for kind, flag in _SELECTOR_FLAGS.items():
+    for kind, flag in SELECTOR_FLAGS.items():
         p.add_argument(flag, dest=kind, action="append", metavar="X", help=f"{kind} (repeatable)")
     p.add_argument("--received", required=True, metavar="YYYY-MM-DD", help="date of receipt")
     p.add_argument(
