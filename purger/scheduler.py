@@ -146,7 +146,6 @@ class PurgeScheduler:
             IntervalTrigger(seconds=overdue_refresh_seconds, timezone=UTC),
             id="policy",
             name="policy gauges",
-            next_run_time=datetime.now(UTC),
         )
         if topic_check is not None and topic_check_interval_seconds > 0:
             # Every replica checks (the gauge is per pod; alerts take the max): no leader needed.
@@ -162,12 +161,14 @@ class PurgeScheduler:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start ticking in a background thread; export the last success from the trail."""
+        """Start ticking in a background thread; export the last success from the trail
+        and the applied policy first, so that the first scrape already has them."""
         try:
             last = self.stats.last_success()
         except PurgerError:
             last = None
         self.metrics.last_purge_success.set(last.timestamp() if last else 0)
+        self.refresh_policy()
         self.scheduler.start()
 
     def shutdown(self) -> None:

@@ -58,12 +58,13 @@ def cmd_run(ctx: Context) -> int:
         if multiproc is not None:
             stack.callback(multiproc.close)
         liveness = Liveness(ctx.settings.liveness_timeout_seconds)
-        server = _serve(ctx, metrics, kafka=True, liveness=liveness)
-        stack.callback(server.stop)
+        # The scheduler first: its gauges are set before /metrics is first served.
         if not args.no_scheduler:
             scheduler = _scheduler(ctx, metrics)
             scheduler.start()
             stack.callback(scheduler.shutdown)
+        server = _serve(ctx, metrics, kafka=True, liveness=liveness)
+        stack.callback(server.stop)
         summary = plugin.consume(
             ctx.settings, ctx.policy, metrics, stop, workers=args.workers, liveness=liveness
         )
@@ -118,11 +119,12 @@ def cmd_schedule(ctx: Context) -> int:
     ctx.log_effective_config()
     metrics = ctx.metrics(ingest=False)
     with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        server = _serve(ctx, metrics, kafka=False)
-        stack.callback(server.stop)
+        # The scheduler first: its gauges are set before /metrics is first served.
         scheduler = _scheduler(ctx, metrics)
         scheduler.start()
         stack.callback(scheduler.shutdown)
+        server = _serve(ctx, metrics, kafka=False)
+        stack.callback(server.stop)
         stop.wait()
     return EXIT_OK
 
