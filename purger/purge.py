@@ -180,6 +180,7 @@ class Purger:
                 policy=policy,
                 delete_batch_size=self.delete_batch_size,
                 dry_run=dry_run,
+                connect=lambda: self._connect("purge"),
             )
             try:
                 with wrap_errors(f"purge {name}"):

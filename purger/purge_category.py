@@ -1,12 +1,12 @@
 """One category's part of a purge pass: what is expired at T destroyed, all audited.
 
 Wholly expired partitions are detached CONCURRENTLY (ingestion into the parent
-is not blocked) and then dropped, each drop atomic with its audit entry. The
-partition that contains T loses its expired rows in bounded DELETE batches, each
-atomic with its own audit entry. A pass killed anywhere leaves registry states
-(``detaching``/``detached``) that the next pass finishes without counting twice.
-A partition that lost rows is then VACUUMed (outside any transaction), so that the
-deleted tuples leave its pages; each vacuum is audited after the fact.
+is not blocked) and then dropped, each drop atomic with its audit entry. A pass
+killed anywhere leaves registry states (``detaching``/``detached``) that the next
+pass finishes without counting twice. Meanwhile the partition that contains T loses
+its expired rows on a second connection (purger/purge_boundary.py): batched
+DELETEs, each atomic with its own audit entry, then a VACUUM, so that the deleted
+tuples leave its pages; each vacuum is audited after the fact.
 
 Legal holds: every transaction that destroys records first locks out hold
 changes and re-reads the active holds, then moves the covered rows into held
@@ -29,6 +29,7 @@ from purger.audit_entries import PolicyRef
 from purger.db import wrap_errors
 from purger.errors import NotOwnedError, StorageError
 from purger.partitions import owned_parent, partition_name
+from purger.purge_boundary import BoundaryOutcome, InBackground, Pass, attempt
 from purger.purge_report import (
     OUTCOME_CONTENDED,
     OUTCOME_TIMED_OUT,
@@ -47,7 +48,11 @@ def _pending_detach(attached: dict[str, bool]) -> str | None:
 
 
 class CategoryPurge:
-    """One category of one pass, on the pass's connection (which holds the pass lock)."""
+    """One category of one pass, on the pass's connection (which holds the pass lock).
+
+    ``connect`` opens another connection like the pass's: the partition that contains
+    T is purged on it while this one drops (never in a dry run).
+    """
 
     def __init__(
         self,
@@ -59,14 +64,16 @@ class CategoryPurge:
         policy: PolicyRef,
         delete_batch_size: int,
         dry_run: bool,
+        connect: Callable[[], psycopg.Connection[Any]],
     ) -> None:
         self.conn = conn
         self.category = category
         self.pass_id = pass_id
         self.instant = instant
         self.policy = policy
-        self.delete_batch_size = delete_batch_size
         self.dry_run = dry_run
+        self.connect = connect
+        self.of = Pass(category, pass_id, instant, policy, delete_batch_size)
 
     def run(self, out: CategoryReport) -> None:
         """Purge the category at the pass's instant; errors propagate to the pass."""
@@ -76,15 +83,65 @@ class CategoryPurge:
         notes: list[str] = []
         parent = owned_parent(conn, name)
         attached = self._attached(parent)
-        pending = _pending_detach(attached)
         candidates = conn.execute(query("purge_candidates"), {"category": name, "t": t}).fetchall()
+        for pname, start, _end, _rows, _state in candidates:
+            if pname != partition_name(name, start):
+                raise NotOwnedError(f"partition {pname} does not follow the purger's naming")
+        boundary = None
+        if not self.dry_run:
+            boundary = next(
+                (
+                    InBackground(
+                        self.connect,
+                        self.of,
+                        PartitionAction(pname, "delete_rows", 0, start, end, "planned"),
+                    )
+                    for pname, start, end, _rows, state in candidates
+                    if end > t and state == "attached" and pname in attached
+                ),
+                None,
+            )
+        try:
+            timed_out = self._partitions(parent, attached, candidates, out, notes)
+        except BaseException:
+            if boundary is not None:
+                boundary.settle()
+            raise
+        if boundary is not None:
+            timed_out = self._merge(boundary.outcome(), out, notes) or timed_out
+        if timed_out:
+            out.conclude(notes, timed_out=True)
+            return
+        interrupted = self._purge_held(out)
+        if interrupted is not None:
+            notes.append(interrupted[1])
+        timed_out = interrupted is not None and interrupted[0] == OUTCOME_TIMED_OUT
+        out.conclude(notes, timed_out=timed_out)
+
+    def _partitions(
+        self,
+        parent: str,
+        attached: dict[str, bool],
+        candidates: list[Any],
+        out: CategoryReport,
+        notes: list[str],
+    ) -> bool:
+        """Drop the wholly expired partitions (dry: count the partition containing T too).
+
+        True when the category stopped at a statement timeout.
+        """
+        conn, name, t = self.conn, self.category, self.instant
+        pending = _pending_detach(attached)
         if pending is not None:
             # PostgreSQL lets a table have one detach pending at a time: finish the one
             # an interrupted pass left before starting another (the sort is stable).
             candidates.sort(key=lambda c: c[0] != pending)
+        if not self.dry_run:
+            to_detach = [c[0] for c in candidates if c[2] <= t and attached.get(c[0]) is False]
+            if to_detach:
+                with wrap_errors(f"mark partitions of {name} detaching"):
+                    conn.execute(query("mark_detaching"), {"names": to_detach})
         for pname, start, end, rows, state in candidates:
-            if pname != partition_name(name, start):
-                raise NotOwnedError(f"partition {pname} does not follow the purger's naming")
             if end <= t:
                 self._check_owned(parent, pname, state, attached)
                 action = PartitionAction(pname, "drop", int(rows), start, end, "planned")
@@ -116,47 +173,38 @@ class CategoryPurge:
                     # The category stops at its first statement timeout: its next
                     # statements would likely be as slow, and the other categories
                     # of the pass would wait statement_timeout for each of them.
-                    out.conclude(notes, timed_out=True)
-                    return
-            elif state == "attached" and pname in attached:
+                    return True
+            elif self.dry_run and state == "attached" and pname in attached:
                 action = PartitionAction(pname, "delete_rows", 0, start, end, "planned")
-                if self.dry_run:
-                    action.held = held_storage.count_held_rows(conn, name, pname, t)
-                    action.rows = (
-                        int(
-                            conn.execute(
-                                template("count_expired", partition=sql.Identifier(pname)),
-                                {"t": t},
-                            ).fetchone()[0]  # type: ignore[index]
-                        )
-                        - action.held
-                    )
-                else:
-                    note = self._delete_rows(action)
-                    if note:
-                        notes.append(note)
-                if action.rows or action.held or action.status in ("contended", "timed_out"):
+                action.held = held_storage.count_held_rows(conn, name, pname, t)
+                expired = conn.execute(
+                    template("count_expired", partition=sql.Identifier(pname)), {"t": t}
+                ).fetchone()
+                action.rows = (int(expired[0]) if expired else 0) - action.held
+                if action.rows or action.held:
                     out.actions.append(action)
-                # Batches deleted before an interruption were committed and audited.
                 out.rows_purged += action.rows
                 out.rows_held += action.held
-                if action.status == "timed_out":
-                    out.conclude(notes, timed_out=True)
-                    return
-                out.contended += action.status == "contended"
-        interrupted = self._purge_held(out)
-        if interrupted is not None:
-            notes.append(interrupted[1])
-        timed_out = interrupted is not None and interrupted[0] == OUTCOME_TIMED_OUT
-        for action in out.actions:
-            if self.dry_run or action.action != "delete_rows" or not (action.rows or action.held):
-                continue
-            stopped = self._vacuum(action)
-            if stopped is not None:
-                notes.append(stopped[1])
-                out.contended += stopped[0] == OUTCOME_CONTENDED
-                timed_out = timed_out or stopped[0] == OUTCOME_TIMED_OUT
-        out.conclude(notes, timed_out=timed_out)
+        return False
+
+    @staticmethod
+    def _merge(done: BoundaryOutcome, out: CategoryReport, notes: list[str]) -> bool:
+        """Count the partition containing T into ``out``; True when it timed out."""
+        action = done.action
+        notes += done.notes
+        if action.rows or action.held or action.status in (OUTCOME_CONTENDED, OUTCOME_TIMED_OUT):
+            out.actions.append(action)
+        # Batches deleted before an interruption were committed and audited.
+        out.rows_purged += action.rows
+        out.rows_held += action.held
+        out.contended += action.status == OUTCOME_CONTENDED
+        timed_out = action.status == OUTCOME_TIMED_OUT
+        if done.vacuum_stopped is not None:
+            status, why = done.vacuum_stopped
+            notes.append(why)
+            out.contended += status == OUTCOME_CONTENDED
+            timed_out = timed_out or status == OUTCOME_TIMED_OUT
+        return timed_out
 
     def _attached(self, parent: str) -> dict[str, bool]:
         # Partitions attached to ``parent``: name -> detach pending.
@@ -222,10 +270,11 @@ class CategoryPurge:
     def _drop(self, parent: str, action: PartitionAction, attached: dict[str, bool]) -> str | None:
         # Returns what interrupted the drop (the action is then contended or
         # timed_out); any other error propagates and fails the category.
-        return self._attempt(
+        return attempt(
             action,
             f"drop partition {action.partition}",
             lambda: self._drop_now(parent, action, attached),
+            self.of,
         )
 
     def _drop_now(self, parent: str, action: PartitionAction, attached: dict[str, bool]) -> None:
@@ -237,7 +286,7 @@ class CategoryPurge:
                 # A detach interrupted between its two phases: finish it.
                 conn.execute(template("detach_finalize", **ident))
             else:
-                conn.execute(query("set_partition_state"), {"state": "detaching", "name": pname})
+                # Marked detaching before the loop (mark_detaching).
                 conn.execute(template("detach_concurrently", **ident))
             conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
         exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
@@ -268,116 +317,3 @@ class CategoryPurge:
                     policy=self.policy,
                 ),
             )
-
-    def _delete_rows(self, action: PartitionAction) -> str | None:
-        # Like _drop: what interrupted it, batches committed before stay counted.
-        return self._attempt(
-            action,
-            f"delete expired rows of {action.partition}",
-            lambda: self._delete_batches(action),
-        )
-
-    def _delete_batches(self, action: PartitionAction) -> None:
-        conn, category = self.conn, self.category
-        ident = sql.Identifier(action.partition)
-        while True:
-            with conn.transaction():
-                # Each batch re-reads the holds under the lock and first moves
-                # the covered expired rows out, so the DELETE finds none.
-                active = held_storage.lock_for_destruction(conn)
-                kept = held_storage.hold_expired_rows(
-                    conn, category, action.partition, active, self.instant, remove=True
-                )
-                if kept.rows:
-                    conn.execute(
-                        query("decrement_rows"), {"n": kept.rows, "name": action.partition}
-                    )
-                    action.held += kept.rows
-                row = conn.execute(
-                    template("delete_expired_batch", partition=ident),
-                    {"t": self.instant, "limit": self.delete_batch_size},
-                ).fetchone()
-                assert row is not None
-                n = int(row[0])
-                if n == 0:
-                    break
-                conn.execute(query("decrement_rows"), {"n": n, "name": action.partition})
-                audit.record(
-                    conn,
-                    audit_entries.rows_deleted(
-                        pass_id=self.pass_id,
-                        category=category,
-                        partition=action.partition,
-                        rows=n,
-                        expiry_from=row[1],
-                        expiry_to=row[2],
-                        purge_instant=self.instant,
-                        policy=self.policy,
-                    ),
-                )
-            action.rows += n
-            if n < self.delete_batch_size:
-                break
-
-    def _vacuum(self, action: PartitionAction) -> tuple[str, str] | None:
-        # The deletes are committed and audited: a vacuum that fails never undoes them,
-        # it only names the category's outcome (an interruption is returned, any other
-        # error propagates as a failure). VACUUM cannot run in a transaction block: the
-        # pass's connection is in autocommit. INDEX_CLEANUP ON: index entries (the GIN
-        # index holds subject keys) go too, not only the heap tuples.
-        pname, rows = action.partition, action.rows + action.held
-        try:
-            with wrap_errors(f"vacuum partition {pname}"):
-                self.conn.execute(
-                    sql.SQL("VACUUM (ANALYZE, INDEX_CLEANUP ON) {}").format(
-                        sql.Identifier("purger", pname)
-                    )
-                )
-                with self.conn.transaction():
-                    audit.record(
-                        self.conn,
-                        audit_entries.partition_vacuumed(
-                            pass_id=self.pass_id,
-                            category=self.category,
-                            partition=pname,
-                            rows_deleted=rows,
-                        ),
-                    )
-        except StorageError as exc:
-            status = interruption(exc)
-            if status is None:
-                raise
-            log.warning(
-                "partition not vacuumed (%s); its deleted rows stay on its pages until a "
-                "later vacuum",
-                status,
-                extra={"category": self.category, "pass_id": self.pass_id, "outcome": status},
-            )
-            return status, error_text(exc)
-        return None
-
-    def _attempt(self, action: PartitionAction, what: str, work: Callable[[], None]) -> str | None:
-        """Run ``work`` (``what`` names it in errors) and mark ``action`` done.
-
-        Returns what interrupted it (the action is then contended or timed_out); any other
-        error propagates and fails the category.
-        """
-        try:
-            with wrap_errors(what):
-                work()
-            action.status = "done"
-        except StorageError as exc:
-            status = interruption(exc)
-            if status is None:
-                raise
-            return self._interrupted(status, exc, action)
-        return None
-
-    def _interrupted(self, status: str, exc: StorageError, action: PartitionAction) -> str:
-        action.status = status
-        log.warning(
-            "partition not purged (%s); retried on a later pass",
-            status,
-            extra={"category": self.category, "pass_id": self.pass_id, "outcome": status},
-        )
-        return error_text(exc)

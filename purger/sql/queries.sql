@@ -180,6 +180,12 @@ WHERE n.nspname = 'purger' AND p.relname = %(parent)s;
 -- name: set_partition_state
 UPDATE purger.partitions SET state = %(state)s WHERE partition_name = %(name)s;
 
+-- name: mark_detaching
+-- Before their detaches, in one commit: a partition found detached with this state is
+-- the purger's own (a pass died between its DETACH and the state 'detached').
+UPDATE purger.partitions SET state = 'detaching'
+WHERE partition_name = ANY(%(names)s) AND state = 'attached';
+
 -- name: unregister_partition
 DELETE FROM purger.partitions WHERE partition_name = %(name)s RETURNING row_count;
 
@@ -192,14 +198,31 @@ ALTER TABLE purger.{parent} DETACH PARTITION purger.{partition} FINALIZE;
 -- name: drop_partition
 DROP TABLE purger.{partition};
 
+-- name: scan_in_physical_order
+-- For delete_expired_batch: a scan of a table larger than shared_buffers / 4 may
+-- otherwise start where another scan of it is (synchronize_seqscans), and a parallel
+-- one returns its rows in any order.
+SET LOCAL synchronize_seqscans = off;
+SET LOCAL max_parallel_workers_per_gather = 0;
+
 -- name: delete_expired_batch
-WITH doomed AS (
-    SELECT ctid FROM purger.{partition} WHERE expires_at <= %(t)s LIMIT %(limit)s
-), deleted AS (
-    DELETE FROM purger.{partition} d USING doomed WHERE d.ctid = doomed.ctid
-    RETURNING d.expires_at
+-- The first %(limit)s expired rows at or after the tuple %(from)s, in the partition's
+-- physical order (see scan_in_physical_order), and the last of them: the next batch
+-- starts after it. A TID range scan reads from there on, so the batches of a pass read
+-- the partition about once, where a LIMIT from its start would read again, each batch,
+-- the dead tuples of the batches before it.
+-- "ctid = ANY (ARRAY(...))" is a TID scan of the chosen rows; a join on ctid would be a
+-- hash join over the whole partition, each batch.
+WITH deleted AS (
+    DELETE FROM purger.{partition}
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM purger.{partition}
+        WHERE ctid >= %(from)s::tid AND expires_at <= %(t)s
+        LIMIT %(limit)s))
+      AND expires_at <= %(t)s  -- checked again on a row updated meanwhile
+    RETURNING ctid, expires_at
 )
-SELECT count(*), min(expires_at), max(expires_at) FROM deleted;
+SELECT count(*), min(expires_at), max(expires_at), max(ctid)::text FROM deleted;
 
 -- name: forget_keys_batch
 -- Keys of destroyed records (purger/key_trim.py): expired at T, older than every

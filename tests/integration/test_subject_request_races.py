@@ -59,10 +59,12 @@ def test_ingestion_first_the_erasure_waits_for_the_batch_and_erases_it(
     database: str, policy: RetentionPolicy
 ) -> None:
     item = _arrival(policy, "arriving")
-    seed(database, "cdr", [Row("stored", item.expires_at - timedelta(hours=1), subjects=SUBJECT)])
+    # An hour earlier, but never the day before: both records in one partition.
+    earlier = max(item.expires_at - timedelta(hours=1), midnight(item.expires_at))
+    seed(database, "cdr", [Row("stored", earlier, subjects=SUBJECT)])
     request = open_request(database, "erasure")
     pname = partition_name("cdr", midnight(item.expires_at))
-    assert pname == partition_name("cdr", midnight(item.expires_at - timedelta(hours=1)))
+    assert pname == partition_name("cdr", midnight(earlier))
 
     with blocking_session(database) as blocker:
         # The batch takes its ingest lock, then waits to write into the partition.
