@@ -152,7 +152,7 @@ def load_config() -> BenchConfig:
         hold_counts=_ints("BENCH_HOLD_COUNTS", (0, 1000, 100_000)),
         sections=tuple(s for s in SECTIONS if s in sections),
         compare_records=_int("BENCH_CONNECT_RECORDS", ISSUE_COMPARE_RECORDS, 1000),
-        compare_rounds=_int("BENCH_COMPARE_ROUNDS", 2, 1),
+        compare_rounds=_int("BENCH_COMPARE_ROUNDS", 3, 1),
         partman_expired=_int("BENCH_PARTMAN_EXPIRED", ISSUE_EXPIRED, 3000),
         server_url=server,
         kafka_bootstrap=kafka,

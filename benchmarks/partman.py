@@ -18,6 +18,13 @@ Timed, each on a fresh file-level copy after a CHECKPOINT:
 * pg_partman: ``CALL partman.run_maintenance_proc()`` (drops whole partitions
   only), then the ``DELETE`` of the expired rows it leaves in today's partition,
   then the ``VACUUM`` of that partition that the purger also runs.
+
+Both remove what is expired at one instant T, today at 18:00 UTC whatever the hour
+of the run (the pass is given T; the DELETE compares with T): three quarters of
+today's partition is expired, where the clock would make it anything from none
+just after midnight to all of it before the next. pg_partman decides by the clock,
+which only matters for whole partitions: those before today, for both, unless the
+day changes during the section, which is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -47,7 +55,9 @@ INSERT INTO partman.part_config (
 VALUES (%(parent)s, 'expires_at', 'native', '1 day', 4,
         '0 days', false, false, true, 'YYYYMMDDHH24', false)
 """
-EXPIRED_LEFT = sql.SQL("SELECT count(*) FROM {} WHERE expires_at <= now()")
+EXPIRED_LEFT = sql.SQL("SELECT count(*) FROM {} WHERE expires_at <= %s")
+# The instant both remove what is expired at, as an offset into today.
+INSTANT_OF_DAY = timedelta(hours=18)
 
 
 def prepare(ws: Workspace, config: BenchConfig) -> dict[str, Any]:
@@ -80,28 +90,36 @@ def prepare(ws: Workspace, config: BenchConfig) -> dict[str, Any]:
         "partitions": lay.partitions,
         "pg_partman": str(version[0]) if version else "?",
         "today_partition": partition_name(dataset.CATEGORY, lay.today),
+        "instant": (lay.today + INSTANT_OF_DAY).isoformat(),
     }
 
 
-def _expired_left(url: str) -> int:
+def _expired_left(url: str, instant: datetime) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            EXPIRED_LEFT.format(sql.Identifier("purger", parent_table(dataset.CATEGORY)))
+            EXPIRED_LEFT.format(sql.Identifier("purger", parent_table(dataset.CATEGORY))),
+            (instant,),
         ).fetchone()
     return int(row[0]) if row else 0
 
 
-def partman_pass(url: str, today: str) -> dict[str, Any]:
+def _same_day(instant: datetime) -> None:
+    # pg_partman goes by the clock: past midnight it would drop today's partition too.
+    if datetime.now(UTC) >= instant - INSTANT_OF_DAY + timedelta(days=1):
+        raise RuntimeError("the day changed during the partman section: run it again")
+
+
+def partman_pass(url: str, today: str, instant: datetime) -> dict[str, Any]:
     """pg_partman's maintenance, the boundary DELETE and its VACUUM, each timed."""
     parent = sql.Identifier("purger", parent_table(dataset.CATEGORY))
     with psycopg.connect(url, autocommit=True, application_name="bench:partman") as conn:
         started = time.perf_counter()
         conn.execute("CALL partman.run_maintenance_proc(p_analyze := false)")
         maintained = time.perf_counter()
-        left = _expired_left(url)
+        left = _expired_left(url, instant)
         counted = time.perf_counter()
         deleted = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE expires_at <= now()").format(parent)
+            sql.SQL("DELETE FROM {} WHERE expires_at <= %s").format(parent), (instant,)
         ).rowcount
         deleted_at = time.perf_counter()
         conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier("purger", today)))
@@ -121,21 +139,25 @@ def run(ws: Workspace, config: BenchConfig, prepared: dict[str, Any]) -> dict[st
     """Alternate a purge pass and pg_partman on fresh copies, ``compare_rounds`` times each."""
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
+    instant = datetime.fromisoformat(prepared["instant"])
     for round_ in range(config.compare_rounds):
         log.info("partman: round %s, purger pass", round_ + 1)
         url = ws.clone_database("pm", "pm_ours")
         checkpoint(url)
-        result = timed_pass(url, ws.policy)
+        _same_day(instant)
+        result = timed_pass(url, ws.policy, now=instant)
         result.pop("started")
         result.pop("ended")
-        result["expired_left"] = _expired_left(url)
+        result["expired_left"] = _expired_left(url, instant)
         ours.append(result)
         ws.drop_database("pm_ours")
         log.info("partman: round %s, pg_partman", round_ + 1)
         url = ws.clone_database("pm", "pm_partman")
         checkpoint(url)
-        outcome = partman_pass(url, prepared["today_partition"])
-        outcome["expired_left"] = _expired_left(url)
+        _same_day(instant)
+        outcome = partman_pass(url, prepared["today_partition"], instant)
+        _same_day(instant)
+        outcome["expired_left"] = _expired_left(url, instant)
         theirs.append(outcome)
         ws.drop_database("pm_partman")
     ws.drop_database("pm")

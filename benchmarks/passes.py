@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -24,12 +25,12 @@ def checkpoint(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def timed_pass(url: str, policy: RetentionPolicy) -> dict[str, Any]:
-    """One ``Purger.run_pass`` with the project's default settings, timed around the call."""
+def timed_pass(url: str, policy: RetentionPolicy, now: datetime | None = None) -> dict[str, Any]:
+    """One ``Purger.run_pass`` (at ``now``, default the clock) with the default settings, timed."""
     metrics = Metrics(categories=policy.categories, topics=policy.by_topic(), ingest=False)
     purger = Purger(url, policy, metrics)
     started = time.perf_counter()
-    report = purger.run_pass()
+    report = purger.run_pass(now=now)
     seconds = time.perf_counter() - started
     dropped = sum(c.partitions_dropped for c in report.categories.values())
     contended = sum(c.contended for c in report.categories.values())

@@ -16,6 +16,7 @@ the held records that no active hold covers any more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -278,7 +279,7 @@ class CategoryPurge:
         )
 
     def _drop_now(self, parent: str, action: PartitionAction, attached: dict[str, bool]) -> None:
-        conn, category = self.conn, self.category
+        conn = self.conn
         pname = action.partition
         ident = {"parent": sql.Identifier(parent), "partition": sql.Identifier(pname)}
         if pname in attached:
@@ -288,7 +289,18 @@ class CategoryPurge:
             else:
                 # Marked detaching before the loop (mark_detaching).
                 conn.execute(template("detach_concurrently", **ident))
-            conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
+        try:
+            self._drop_detached(action)
+        except BaseException:
+            if pname in attached:
+                # Detached, not dropped: the registry says so until a later pass drops
+                # it (a commit per drop saved when, as nearly always, the drop follows).
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
+            raise
+
+    def _drop_detached(self, action: PartitionAction) -> None:
+        conn, category, pname = self.conn, self.category, action.partition
         exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
         with conn.transaction():
             # First in the transaction: lock out hold changes and re-read the
