@@ -1,9 +1,11 @@
 """Where one worker's time goes: ``purger consume --until-idle`` under py-spy.
 
 ``python -m benchmarks.profile_ingest [N]`` produces N messages (default 200,000) into a
-fresh workspace, consumes them with one worker under ``py-spy record`` (installed in the
-virtualenv; not a project dependency) and prints the share of samples per function,
-inclusive and exclusive. Not part of ``make bench``: a tool for the one who tunes.
+fresh workspace, consumes them once with one worker as ``make bench`` does (records/s and
+CPU per record, unprofiled: py-spy pauses the process for each sample) and once more, with
+a fresh group, under ``py-spy record`` (installed in the virtualenv; not a project
+dependency), and prints the share of samples per function, inclusive and exclusive. Not
+part of ``make bench``: a tool for the one who tunes.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.config import load_config
-from benchmarks.ingest import _child_env, end_offsets
+from kafka import TopicPartition
+
+from benchmarks.config import BenchConfig, load_config
+from benchmarks.ingest import _child_env, end_offsets, run_ours
 from benchmarks.produce import produce
 from benchmarks.workspace import REPO, Workspace
 
@@ -44,6 +48,13 @@ def _summarise(collapsed: Path, top: int = 40) -> str:
     return "\n".join(out)
 
 
+def _plain(ws: Workspace, config: BenchConfig, ends: dict[TopicPartition, int]) -> str:
+    result = run_ours(ws, config, 1, ends, label="plain")
+    ws.drop_database("plain")
+    keys = ("records_per_second", "cpu_seconds", "cpu_us_per_record", "seconds", "problem")
+    return "unprofiled: " + ", ".join(f"{k} {result[k]}" for k in keys if k in result)
+
+
 def main() -> int:
     """Produce, consume under py-spy, print the profile."""
     total = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
@@ -65,6 +76,7 @@ def main() -> int:
             now=datetime.now(UTC),
         )
         ends = end_offsets(config.kafka_bootstrap, sorted(topics.values()))
+        print(_plain(ws, config, ends))
         url = ws.create_database("profile")
         env = _child_env(ws, config, url, ws.group("profile"))
         out = ws.tmp / "profile.txt"
@@ -74,7 +86,9 @@ def main() -> int:
         started = datetime.now(UTC)
         subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
         seconds = (datetime.now(UTC) - started).total_seconds()
-        print(f"{sum(ends.values())} messages, {seconds:.1f} s wall under py-spy")
+        messages = sum(ends.values())
+        rate = messages / seconds
+        print(f"{messages} messages, {seconds:.1f} s wall under py-spy ({rate:.0f} records/s)")
         print(_summarise(out))
     finally:
         ws.close()

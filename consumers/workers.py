@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import queue
@@ -21,6 +22,17 @@ from purger.settings import Settings
 log = logging.getLogger("purger.workers")
 
 
+def _tune_gc() -> None:
+    # Decoding allocates a few dozen short-lived containers a record, and with the
+    # default thresholds (700, 10, 10) the collector ran a full collection every ten
+    # thousand records or so, 65 ms each over the whole heap: 3-5 µs a record, about a
+    # tenth of a worker's CPU. Records hold no reference cycles, so rarer collections
+    # free the same; what lives as long as the process (modules, policy, metrics) is
+    # moved out of the collector's way.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_inline(
     settings: Settings,
     policy: RetentionPolicy,
@@ -31,6 +43,7 @@ def run_inline(
     liveness: Liveness | None = None,
 ) -> IngestSummary:
     """One worker in this process."""
+    _tune_gc()
     beat: Callable[[], None] = lambda: None  # noqa: E731 - a no-op heartbeat
     if liveness is not None:
         beat = beater(liveness.slot("worker-0"))
@@ -64,6 +77,7 @@ def _child(
     signal.signal(signal.SIGTERM, lambda *_: local_stop.set())
     signal.signal(signal.SIGINT, lambda *_: local_stop.set())
     metrics = Metrics(categories=policy.categories, topics=policy.by_topic())
+    _tune_gc()
     worker = ConsumerWorker(
         settings,
         policy,

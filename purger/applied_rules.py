@@ -7,6 +7,7 @@ what is stored never depends on which pod wrote it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,10 @@ from psycopg import sql
 
 from purger.db import wrap_errors
 from purger.durations import Duration, parse_duration
+from purger.errors import RecordRefused
 from purger.partitions import parent_table
 from purger.queries import query
+from purger.records import Record
 
 POLICY_SQL = "policy.sql"
 
@@ -46,6 +49,22 @@ class AppliedRules:
     def expires_at(self, tenant: str, occurred_at: datetime) -> datetime:
         """The expiry these rules give a record (the arithmetic of purger/durations.py)."""
         return self.retention_for(tenant).add_to(occurred_at)
+
+    def expiries(self, category: str, records: Sequence[Record]) -> list[datetime]:
+        """The expiry of each record; RecordRefused names the first past the calendar."""
+        out = []
+        for index, record in enumerate(records):
+            try:
+                out.append(self.expires_at(record.tenant, record.occurred_at))
+            except (OverflowError, ValueError):
+                # As decoding treats its own expiry past the calendar: this record's
+                # fault, dead-lettered by the sink (a retry would fail the same way).
+                raise RecordRefused(
+                    "occurred_at + the applied retention is out of range",
+                    category=category,
+                    index=index,
+                ) from None
+        return out
 
     def bound(self, name: str) -> Duration | None:
         """``minimum_retention`` or ``maximum_retention``, when set."""

@@ -10,9 +10,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
+from phonenumbers import phonenumberutil
+from phonenumbers.phonemetadata import PhoneMetadata
+from phonenumbers.phonenumberutil import (
+    COUNTRY_CODE_TO_REGION_CODE,
+    SUPPORTED_REGIONS,
+    ValidationResult,
+)
 
 KNOWN_TYPES = ("msisdn", "imsi", "imei", "ip", "email", "cookie_id")
 # fullmatch and [0-9], never $ and \d: "$" also matches before a trailing newline,
@@ -50,6 +58,13 @@ def normalise_msisdn(raw: str, default_country_code: int = 31) -> str:
     text = raw.strip()
     if text.startswith("00"):
         text = "+" + text[2:]
+    fast = _e164_of_plain_digits(text, default_country_code)
+    if fast is not None:
+        return fast
+    return _parse_msisdn(text, default_country_code)
+
+
+def _parse_msisdn(text: str, default_country_code: int) -> str:
     region = phonenumbers.region_code_for_country_code(default_country_code)
     try:
         number = phonenumbers.parse(text, None if text.startswith("+") else region)
@@ -58,6 +73,133 @@ def normalise_msisdn(raw: str, default_country_code: int = 31) -> str:
     if not phonenumbers.is_possible_number(number):
         raise IdentifierError("msisdn is not a possible phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+# The shapes producers write most: "+" and a country code, or a national number, in
+# ASCII digits only. Anything else (separators, letters, extensions, "tel:", other
+# digits) is parsed by libphonenumber. Bounded well past E.164's 15 digits: longer
+# inputs are never possible numbers, and the library names their error.
+_INTERNATIONAL_DIGITS = re.compile(r"\+([1-9][0-9]{2,19})", re.ASCII)
+_NATIONAL_DIGITS = re.compile(r"[0-9]{2,20}", re.ASCII)
+# Results of _test_number_length for which phonenumbers.parse keeps the national prefix.
+_KEEP_PREFIX = frozenset(
+    (
+        ValidationResult.TOO_SHORT,
+        ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+        ValidationResult.INVALID_LENGTH,
+    )
+)
+_POSSIBLE = frozenset((ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY))
+
+
+# Two of libphonenumber's internal steps, looked up rather than imported: a release
+# without them must not stop the purger, only send every number to the full parse
+# (tests/unit/test_identifier_fast_paths.py fails then, so that it is noticed).
+_strip_national_prefix: Callable[..., tuple[str, str, str]] | None = getattr(
+    phonenumberutil, "_maybe_strip_national_prefix_carrier_code", None
+)
+_test_number_length: Callable[..., int] | None = getattr(
+    phonenumberutil, "_test_number_length", None
+)
+
+
+def _e164_of_plain_digits(text: str, default_country_code: int) -> str | None:
+    """``normalise_msisdn``'s result for the common shapes, without a full parse; else None.
+
+    The same steps as phonenumbers.parse, is_possible_number and format_number take
+    for a string of ASCII digits (after an optional "+"), with the same metadata and
+    the library's own functions for what is region-specific (national prefixes, the
+    possible lengths). Only a number that would be accepted is returned: whatever the
+    library would refuse, or might read another way (an international dialling prefix,
+    a national number starting with the country code), returns None and is parsed.
+    tests/unit/test_identifier_fast_paths.py holds it to the full parse.
+    """
+    if _strip_national_prefix is None or _test_number_length is None:
+        return None
+    if text.startswith("+"):
+        match = _INTERNATIONAL_DIGITS.fullmatch(text)
+        if match is None:
+            return None
+        country_code, national = _split_country_code(match.group(1))
+        numbering = _numbering_for_code(country_code) if country_code else None
+    else:
+        if _NATIONAL_DIGITS.fullmatch(text) is None:
+            return None
+        numbering = _home(default_country_code)
+        if numbering is None:
+            return None
+        country_code, national = numbering.country_code, text
+        idd = numbering.international_prefix
+        if (idd is not None and idd.match(text)) or text.startswith(str(country_code)):
+            return None
+    if numbering is None or len(national) < 2:
+        return None
+    prefix = numbering.national_prefix
+    # The library strips nothing unless this matches: most numbers skip the call.
+    if prefix is not None and prefix.match(national):
+        metadata = numbering.metadata
+        _, stripped, _ = _strip_national_prefix(national, metadata)
+        if _test_number_length(stripped, metadata) not in _KEEP_PREFIX:
+            national = stripped
+    # The national significant number the library would format: all ASCII digits (its
+    # leading zeros kept), at most 17 of them, of a possible length for the country.
+    if not (2 <= len(national) <= 17 and national.isascii() and national.isdigit()):
+        return None
+    possible = _numbering_for_code(country_code)
+    if possible is None or _test_number_length(national, possible.metadata) not in _POSSIBLE:
+        return None
+    return f"+{country_code}{national}"
+
+
+def _split_country_code(digits: str) -> tuple[int, str]:
+    # phonenumbers' _extract_country_code: the shortest known prefix of 1 to 3 digits.
+    for length in (1, 2, 3):
+        code = int(digits[:length])
+        if code in COUNTRY_CODE_TO_REGION_CODE:
+            return code, digits[length:]
+    return 0, digits
+
+
+@dataclass(frozen=True, slots=True)
+class _Numbering:
+    """A region's metadata as parse reads it, its two prefix patterns compiled once."""
+
+    metadata: PhoneMetadata
+    country_code: int
+    # national_prefix_for_parsing; None when empty, as the library reads it.
+    national_prefix: re.Pattern[str] | None
+    international_prefix: re.Pattern[str] | None
+
+
+def _numbering(metadata: PhoneMetadata | None) -> _Numbering | None:
+    if metadata is None or metadata.country_code is None:
+        return None
+    national = metadata.national_prefix_for_parsing
+    international = metadata.international_prefix
+    return _Numbering(
+        metadata,
+        metadata.country_code,
+        re.compile(national) if national else None,
+        re.compile(international) if international is not None else None,
+    )
+
+
+# Keyed by the known country codes only (about 250).
+@lru_cache(maxsize=512)
+def _numbering_for_code(country_code: int) -> _Numbering | None:
+    # What parse and is_possible_number look up for a country code (the main region's).
+    region = phonenumbers.region_code_for_country_code(country_code)
+    return _numbering(PhoneMetadata.metadata_for_region_or_calling_code(country_code, region))
+
+
+@lru_cache(maxsize=64)
+def _home(default_country_code: int) -> _Numbering | None:
+    """The region of national numbers, as parse reads it."""
+    region = phonenumbers.region_code_for_country_code(default_country_code)
+    if region not in SUPPORTED_REGIONS:
+        # parse refuses a national number without a region (a non-geographic code too).
+        return None
+    return _numbering(PhoneMetadata.metadata_for_region(region))
 
 
 def normalise_email(raw: str) -> str:
@@ -77,6 +219,9 @@ def normalise_ip(raw: str) -> str:
     if _CANONICAL_IPV4.fullmatch(text):
         return text
     try:
+        if ":" in text:
+            # No IPv4 address has a colon: ip_address would try IPv4 first, and fail.
+            return ipaddress.IPv6Address(text).compressed
         return ipaddress.ip_address(text).compressed
     except ValueError:
         raise IdentifierError("ip is not an IP address") from None

@@ -34,7 +34,7 @@ from purger.partitions import (
 from purger.partitions import parent_table as parent_of
 from purger.policy import RetentionPolicy
 from purger.queries import query, template
-from purger.records import Record
+from purger.records import Record, jsonb_text
 
 log = logging.getLogger("purger.storage")
 
@@ -217,13 +217,12 @@ class Storage:
             # A retired category keeps nothing: its records expire at the retirement
             # (so they are counted as expired on arrival, or held by a legal hold).
             return [dataclasses.replace(i, expires_at=applied.retired_at) for i in items]
-        if applied.digest == self.policy.category(category).rule_digest:
-            return items
+        # Always computed, even when this process runs the applied rules: an envelope's
+        # expiry may come from elsewhere (a caller tagging with an older file).
+        expiries = applied.expiries(category, [i.record for i in items])
         return [
-            dataclasses.replace(
-                i, expires_at=applied.expires_at(i.record.tenant, i.record.occurred_at)
-            )
-            for i in items
+            i if i.expires_at == e else dataclasses.replace(i, expires_at=e)
+            for i, e in zip(items, expiries, strict=True)
         ]
 
     def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
@@ -377,8 +376,8 @@ class Storage:
                                 rec.occurred_at,
                                 item.expires_at,
                                 rec.subject_keys,
-                                Jsonb(rec.subjects),
-                                Jsonb(rec.payload),
+                                Jsonb(rec.subjects, jsonb_text),
+                                Jsonb(rec.payload, jsonb_text),
                                 item.topic,
                                 item.partition,
                                 item.offset,

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from purger import policy_versions
 from purger.durations import parse_duration
-from purger.errors import PolicyError
+from purger.errors import PolicyError, RecordRefused
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.scheduler import PurgeScheduler
@@ -100,6 +100,24 @@ def test_a_process_running_another_policy_tags_records_by_the_applied_one(
     (stored,) = rows(database, "interception").values()
     assert stored[1] == parse_duration("P6M").add_to(occurred)
     assert stored[2] == 1
+
+
+def test_an_expiry_past_the_calendar_by_the_applied_rules_is_one_refused_record(
+    database: str, policy_file: Path, tmp_path: Path
+) -> None:
+    # The process's own rules (one month) give a representable expiry; the applied
+    # ones (six months) do not: the record is refused by its position, so the sink
+    # dead-letters it alone, never a retried batch nor a traceback.
+    short = changed_policy(policy_file, tmp_path / "short.yaml", cdr={"retention": "P1M"})
+    ordinary = record(short, "cdr", "ordinary", _now() - timedelta(days=3))
+    edge = record(short, "cdr", "edge", datetime(9999, 9, 1, tzinfo=UTC))
+    with pytest.raises(RecordRefused, match="out of range") as refused:
+        store(database, short, "cdr", [ordinary, edge])
+    assert (refused.value.category, refused.value.index) == ("cdr", 1)
+    assert "9999" not in str(refused.value)
+    assert store(database, short, "cdr", [ordinary]).inserted == 1
+    (stored,) = rows(database, "cdr").values()
+    assert stored[1] == parse_duration("P6M").add_to(ordinary.record.occurred_at)
 
 
 def test_a_shortened_retention_makes_old_records_due_and_the_next_pass_removes_them(
