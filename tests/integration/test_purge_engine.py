@@ -497,3 +497,41 @@ def test_purge_sessions_bound_their_lock_waits_and_watch_their_client(
         "statement_timeout": ("56789ms",),
         "client_connection_check_interval": ("5s",),
     }
+
+
+# -- 8. the partition containing T is purged beside the drops ----------------------------------
+def test_the_boundary_partition_is_purged_while_a_drop_waits(
+    settings: Settings, policy: RetentionPolicy
+) -> None:
+    url = settings.conninfo()
+    today = midnight(utcnow())
+    t = today + timedelta(hours=12)
+    expired_whole = seed_backdated(url, "cdr", _past_days(range(2, 5), 3))
+    boundary = seed_backdated(url, "cdr", [today + timedelta(hours=1, seconds=i) for i in range(7)])
+    oldest = partition_name("cdr", today - 4 * DAY)
+    purger = make_purger(settings, policy, lock_timeout_ms=120000, delete_batch_size=2)
+    outcome: list[Any] = []
+    with blocking_session(url) as blocker:
+        # A reader of the oldest partition: its drop waits for this transaction.
+        blocker.execute(sql.SQL("SELECT count(*) FROM purger.{}").format(sql.Identifier(oldest)))
+        side = threading.Thread(
+            target=lambda: outcome.append(purger.run_pass(categories=["cdr"], now=t))
+        )
+        side.start()
+        try:
+            wait_until(
+                lambda: not set(boundary) & set(stored(url, "cdr")),
+                60,
+                "the boundary partition's expired rows to go while the drop waits",
+            )
+            assert side.is_alive(), "the pass ended: nothing waited"
+            assert set(expired_whole) & set(stored(url, "cdr")), "the blocked drop went through"
+        finally:
+            blocker.rollback()
+            side.join(120)
+    (report,) = outcome
+    assert report.outcome == OUTCOME_SUCCESS, report.error
+    assert report.categories["cdr"].rows_purged == len(expired_whole) + len(boundary)
+    assert not stored(url, "cdr")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert audit.verify(conn).ok
