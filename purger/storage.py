@@ -217,13 +217,10 @@ class Storage:
             # A retired category keeps nothing: its records expire at the retirement
             # (so they are counted as expired on arrival, or held by a legal hold).
             return [dataclasses.replace(i, expires_at=applied.retired_at) for i in items]
-        # Always computed, even when this process runs the applied rules: an envelope's
-        # expiry may come from elsewhere (a caller tagging with an older file).
+        if applied.digest == self.policy.category(category).rule_digest:
+            return items
         expiries = applied.expiries(category, [i.record for i in items])
-        return [
-            i if i.expires_at == e else dataclasses.replace(i, expires_at=e)
-            for i, e in zip(items, expiries, strict=True)
-        ]
+        return [dataclasses.replace(i, expires_at=e) for i, e in zip(items, expiries, strict=True)]
 
     def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
         conn = self.conn
