@@ -34,6 +34,7 @@ from purger.errors import StorageError
 from purger.purge_report import (
     OUTCOME_TIMED_OUT,
     PartitionAction,
+    attempt,
     error_text,
     interruption,
 )
@@ -77,7 +78,8 @@ class BoundaryPurge:
             action,
             f"delete expired rows of {action.partition}",
             lambda: self._delete_batches(action),
-            self.of,
+            category=self.of.category,
+            pass_id=self.of.pass_id,
         )
         if note:
             out.notes.append(note)
@@ -185,7 +187,6 @@ class InBackground:
         of: Pass,
         action: PartitionAction,
     ) -> None:
-        self.action = action
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"purge-{of.category}")
         self._future: Future[BoundaryOutcome] = self._executor.submit(
             self._run, connect, of, action
@@ -211,27 +212,3 @@ class InBackground:
         """Wait for it and drop its result: the caller is failing already."""
         wait([self._future])
         self._executor.shutdown()
-
-
-def attempt(action: PartitionAction, what: str, work: Callable[[], None], of: Pass) -> str | None:
-    """Run ``work`` (``what`` names it in errors) and mark ``action`` done.
-
-    Returns what interrupted it (the action is then contended or timed_out); any other
-    error propagates and fails the category.
-    """
-    try:
-        with wrap_errors(what):
-            work()
-        action.status = "done"
-    except StorageError as exc:
-        status = interruption(exc)
-        if status is None:
-            raise
-        action.status = status
-        log.warning(
-            "partition not purged (%s); retried on a later pass",
-            status,
-            extra={"category": of.category, "pass_id": of.pass_id, "outcome": status},
-        )
-        return error_text(exc)
-    return None

@@ -30,12 +30,13 @@ from purger.audit_entries import PolicyRef
 from purger.db import wrap_errors
 from purger.errors import NotOwnedError, StorageError
 from purger.partitions import owned_parent, partition_name
-from purger.purge_boundary import BoundaryOutcome, InBackground, Pass, attempt
+from purger.purge_boundary import BoundaryOutcome, InBackground, Pass
 from purger.purge_report import (
     OUTCOME_CONTENDED,
     OUTCOME_TIMED_OUT,
     CategoryReport,
     PartitionAction,
+    attempt,
     error_text,
     interruption,
 )
@@ -68,10 +69,6 @@ class CategoryPurge:
         connect: Callable[[], psycopg.Connection[Any]],
     ) -> None:
         self.conn = conn
-        self.category = category
-        self.pass_id = pass_id
-        self.instant = instant
-        self.policy = policy
         self.dry_run = dry_run
         self.connect = connect
         self.of = Pass(category, pass_id, instant, policy, delete_batch_size)
@@ -80,7 +77,7 @@ class CategoryPurge:
         """Purge the category at the pass's instant; errors propagate to the pass."""
         # Fills ``out`` as it goes, so that a category that fails half-way still
         # reports what it destroyed before (each of those drops is audited).
-        conn, name, t = self.conn, self.category, self.instant
+        conn, name, t = self.conn, self.of.category, self.of.instant
         notes: list[str] = []
         parent = owned_parent(conn, name)
         attached = self._attached(parent)
@@ -131,7 +128,7 @@ class CategoryPurge:
 
         True when the category stopped at a statement timeout.
         """
-        conn, name, t = self.conn, self.category, self.instant
+        conn, name, t = self.conn, self.of.category, self.of.instant
         pending = _pending_detach(attached)
         if pending is not None:
             # PostgreSQL lets a table have one detach pending at a time: finish the one
@@ -232,25 +229,25 @@ class CategoryPurge:
         # Held records whose last covering hold was released are destroyed like
         # any expired record: under the hold lock, atomic with their audit entry.
         # Returns what interrupted it (contended or timed_out, and why), if anything.
-        conn, category = self.conn, self.category
+        conn, category = self.conn, self.of.category
         try:
             if self.dry_run:
-                done = held_storage.purge_released(conn, category, self.instant, dry_run=True)
+                done = held_storage.purge_released(conn, category, self.of.instant, dry_run=True)
             else:
                 with conn.transaction():
                     held_storage.lock_for_destruction(conn)
-                    done = held_storage.purge_released(conn, category, self.instant)
+                    done = held_storage.purge_released(conn, category, self.of.instant)
                     if done.rows:
                         audit.record(
                             conn,
                             audit_entries.held_rows_deleted(
-                                pass_id=self.pass_id,
+                                pass_id=self.of.pass_id,
                                 category=category,
                                 rows=done.rows,
                                 expiry_from=done.expiry_from,
                                 expiry_to=done.expiry_to,
-                                purge_instant=self.instant,
-                                policy=self.policy,
+                                purge_instant=self.of.instant,
+                                policy=self.of.policy,
                             ),
                         )
         except (StorageError, psycopg.Error) as exc:
@@ -261,7 +258,7 @@ class CategoryPurge:
             log.warning(
                 "released held records not purged (%s); retried on a later pass",
                 status,
-                extra={"category": category, "pass_id": self.pass_id, "outcome": status},
+                extra={"category": category, "pass_id": self.of.pass_id, "outcome": status},
             )
             return status, error_text(exc)
         out.held_purged += done.rows
@@ -275,7 +272,8 @@ class CategoryPurge:
             action,
             f"drop partition {action.partition}",
             lambda: self._drop_now(parent, action, attached),
-            self.of,
+            category=self.of.category,
+            pass_id=self.of.pass_id,
         )
 
     def _drop_now(self, parent: str, action: PartitionAction, attached: dict[str, bool]) -> None:
@@ -300,7 +298,7 @@ class CategoryPurge:
             raise
 
     def _drop_detached(self, action: PartitionAction) -> None:
-        conn, category, pname = self.conn, self.category, action.partition
+        conn, category, pname = self.conn, self.of.category, action.partition
         exists = conn.execute(query("relation_exists"), {"name": pname}).fetchone()
         with conn.transaction():
             # First in the transaction: lock out hold changes and re-read the
@@ -309,7 +307,7 @@ class CategoryPurge:
             kept = held_storage.HeldRows(0, ())
             if exists and exists[0]:
                 kept = held_storage.hold_expired_rows(
-                    conn, category, pname, active, self.instant, remove=False
+                    conn, category, pname, active, self.of.instant, remove=False
                 )
                 conn.execute(template("drop_partition", partition=sql.Identifier(pname)))
             row = conn.execute(query("unregister_partition"), {"name": pname}).fetchone()
@@ -318,7 +316,7 @@ class CategoryPurge:
             audit.record(
                 conn,
                 audit_entries.partition_dropped(
-                    pass_id=self.pass_id,
+                    pass_id=self.of.pass_id,
                     category=category,
                     partition=pname,
                     rows=action.rows,
@@ -326,6 +324,6 @@ class CategoryPurge:
                     hold_ids=kept.hold_ids,
                     expiry_from=action.range_start,
                     expiry_to=action.range_end,
-                    policy=self.policy,
+                    policy=self.of.policy,
                 ),
             )

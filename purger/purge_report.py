@@ -14,14 +14,18 @@ series from these tuples, and the audit query for the last successful pass takes
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from purger.db import classify
-from purger.errors import LockTimeout, PurgerError, StatementTimeout
+from purger.db import classify, wrap_errors
+from purger.errors import LockTimeout, PurgerError, StatementTimeout, StorageError
+
+log = logging.getLogger("purger.purge")
 
 OUTCOME_SUCCESS = "success"
 OUTCOME_NOTHING = "nothing_to_do"
@@ -208,3 +212,29 @@ class PassReport:
             "anchor": self.anchor,
             "anchor_error": self.anchor_error,
         }
+
+
+def attempt(
+    action: PartitionAction, what: str, work: Callable[[], None], *, category: str, pass_id: str
+) -> str | None:
+    """Run ``work`` (``what`` names it in errors) and mark ``action`` done.
+
+    Returns what interrupted it (the action is then contended or timed_out); any other
+    error propagates and fails the category.
+    """
+    try:
+        with wrap_errors(what):
+            work()
+        action.status = "done"
+    except StorageError as exc:
+        status = interruption(exc)
+        if status is None:
+            raise
+        action.status = status
+        log.warning(
+            "partition not purged (%s); retried on a later pass",
+            status,
+            extra={"category": category, "pass_id": pass_id, "outcome": status},
+        )
+        return error_text(exc)
+    return None
