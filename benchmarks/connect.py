@@ -37,6 +37,7 @@ from kafka import TopicPartition
 from psycopg import sql
 
 from benchmarks.config import BenchConfig
+from benchmarks.machine import cpu_used, service_cpu_seconds
 from benchmarks.watch import ConsumerWatch
 from benchmarks.workspace import REPO, Workspace
 
@@ -210,6 +211,7 @@ def run_connect(
         str(connector),
     ]
     total = sum(ends.values())
+    services_before = service_cpu_seconds()
     started = time.time()
     with (work / "connect.out").open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=work)
@@ -230,6 +232,7 @@ def run_connect(
                 proc.kill()
                 proc.wait()
         watch.stop()
+    services = cpu_used(services_before, service_cpu_seconds())
     rows, last_row = _last_row(url, topics)
     first = _first_assignment(log_file) if log_file.exists() else None
     last = watch.all_committed_at
@@ -248,6 +251,12 @@ def run_connect(
         "peak_rss_mb": max(watch.peaks_mb("main"), default=None),
         # Start-up included (about 10 s of CPU for the JVM and the plugin scan).
         "cpu_seconds": watch.cpu_seconds(),
+        "cpu_us_per_record": round(watch.cpu_seconds() / total * 1e6, 1) if total else None,
+        # What the same records cost PostgreSQL and the broker (their CPU over the run).
+        "service_cpu_seconds": services,
+        "service_cpu_us_per_record": {k: round(v / total * 1e6, 1) for k, v in services.items()}
+        if total
+        else {},
     }
     if rows != total or seconds is None:
         result["problem"] = f"stored {rows} of {total}" + (

@@ -27,6 +27,7 @@ from psycopg import sql
 
 from benchmarks.ceilings import Timed, copy_ceiling, naive, raw_consume
 from benchmarks.config import BenchConfig
+from benchmarks.machine import cpu_used, service_cpu_seconds
 from benchmarks.produce import produce
 from benchmarks.watch import ConsumerWatch
 from benchmarks.workspace import REPO, Workspace
@@ -119,6 +120,10 @@ def _db_rows(url: str, ws: Workspace) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+def _per_record(seconds: dict[str, float], records: int) -> dict[str, float]:
+    return {k: round(v / records * 1e6, 1) for k, v in seconds.items()} if records else {}
+
+
 def run_ours(
     ws: Workspace,
     config: BenchConfig,
@@ -145,6 +150,7 @@ def run_ours(
     ]
     total = sum(ends.values())
     with stderr_path.open("wb") as err, stdout_path.open("wb") as out:
+        services_before = service_cpu_seconds()
         started = time.time()
         proc = subprocess.Popen(
             command, env=_child_env(ws, config, url, group), stdout=out, stderr=err, cwd=REPO
@@ -159,6 +165,7 @@ def run_ours(
                 proc.wait()
             watch.stop()
         exited = time.time()
+        services = cpu_used(services_before, service_cpu_seconds())
     summary: dict[str, Any] = {}
     with contextlib.suppress(OSError, json.JSONDecodeError):
         summary = json.loads(stdout_path.read_text(encoding="utf-8"))
@@ -186,6 +193,9 @@ def run_ours(
         "cpu_seconds": watch.cpu_seconds(),
         "cpu_us_per_record": round(watch.cpu_seconds() / total * 1e6, 1) if total else None,
         "peak_rss_mb_parent": watch.peaks_mb("main") if workers > 1 else [],
+        # What the same records cost PostgreSQL and the broker (their CPU over the run).
+        "service_cpu_seconds": services,
+        "service_cpu_us_per_record": _per_record(services, total),
         "errors": summary.get("errors", []),
     }
     result["rows_in_database"] = rows

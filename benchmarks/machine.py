@@ -69,3 +69,45 @@ def load_average() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(stat: str, *, children: bool) -> float:
+    # The command name (field 2) may hold spaces: count fields after its closing ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
+
+
+def service_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) that PostgreSQL and the Kafka broker have used so far.
+
+    The difference over a run is their share of its work. PostgreSQL forks a backend
+    per connection and reaps it when it exits, so the postmaster's reaped children
+    count too (a backend alive at both ends counts by its own time). Anything else
+    using them meanwhile counts as well: the benchmark runs alone.
+    """
+    out = {"postgresql": 0.0, "broker": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm == "postgres":
+            out["postgresql"] += _proc_cpu(stat, children=True)
+        elif b"kafka.Kafka" in argv:
+            out["broker"] += _proc_cpu(stat, children=False)
+    return out
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Seconds each service used between two ``service_cpu_seconds`` readings."""
+    return {name: round(after[name] - before[name], 2) for name in before}

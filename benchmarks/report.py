@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,20 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
         values = [v for run in runs[key] for v in _list(run.get(field))]
         return f"{_n(max(values))} MB" if values else "-"
 
+    def cpu(key: str, own: str) -> str:
+        # Medians over the runs of CPU µs a record: the consumer itself, then the services.
+        def median(values: list[float]) -> str:
+            return _n(statistics.median(values)) if values else "-"
+
+        mine = [float(r["cpu_us_per_record"]) for r in runs[key] if r.get("cpu_us_per_record")]
+        services = [r.get("service_cpu_us_per_record") or {} for r in runs[key]]
+        pg = [float(s["postgresql"]) for s in services if "postgresql" in s]
+        broker = [float(s["broker"]) for s in services if "broker" in s]
+        return (
+            f"CPU a record: {own} {median(mine)}, PostgreSQL {median(pg)}, "
+            f"broker {median(broker)} µs"
+        )
+
     head = (
         f"{_n(comp['records'])} records, {comp['rounds']} alternating rounds, "
         f"ours {_n(sizes['ours'])} B/message, Connect {_n(sizes['connect'])} B/message"
@@ -345,7 +360,8 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
         rows.append(
             [
                 f"Ours, {workers} worker{'s' if workers > 1 else ''} (peak RSS per worker "
-                f"{peak(f'ours_{workers}', 'peak_rss_mb_per_worker')})",
+                f"{peak(f'ours_{workers}', 'peak_rss_mb_per_worker')}; "
+                f"{cpu(f'ours_{workers}', 'workers')})",
                 _rate(summary[f"ours_{workers}"]),
                 f"{_n(r[f'ours_{workers}_vs_connect_{workers}'], 2)} x Connect, "
                 f"{workers} task{'s' if workers > 1 else ''} (faster target)",
@@ -363,7 +379,8 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
             rows.append(
                 [
                     f"Connect, tasks.max={workers}, {target} target "
-                    f"(peak RSS {peak(key, 'peak_rss_mb')})",
+                    f"(peak RSS {peak(key, 'peak_rss_mb')}; "
+                    f"{cpu(key, 'JVM, start-up included,')})",
                     _rate(summary[key]),
                     "",
                     "",
