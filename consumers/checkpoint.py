@@ -44,36 +44,61 @@ class Checkpoint:
     def commit(self, only: set[TopicPartition] | None = None) -> bool:
         """Commit the durable offsets not yet committed; False if they stay pending."""
         consumer = self.consumer
-        if consumer is None:
+        offsets = self._due(only)
+        if consumer is None or not offsets:
             return True
-        offsets = {
+        try:
+            consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:
+            self._failed(offsets, exc)
+            return False
+        self._done(offsets)
+        return True
+
+    async def commit_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit what the database holds of ``revoked``, then forget them.
+
+        Awaited by the rebalance listener on kafka-python's I/O thread, where a
+        blocking ``commit`` is refused; the worker's thread is inside ``poll`` then,
+        so every batch it was handed is durable or never stored.
+        """
+        consumer = self.consumer
+        offsets = self._due(revoked)
+        if consumer is not None and offsets:
+            try:
+                await consumer.commit_async(offsets)
+            except KafkaError as exc:
+                self._failed(offsets, exc)
+            else:
+                self._done(offsets)
+        self.forget(revoked)
+
+    def _due(self, only: set[TopicPartition] | None) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {
             tp: OffsetAndMetadata(offset, "", -1)
             for tp, offset in self.pending.items()
             if (only is None or tp in only) and offset > self.committed.get(tp, -1)
         }
-        if not offsets:
-            return True
-        try:
-            consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-        except REBALANCED:
+
+    def _failed(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], exc: KafkaError) -> None:
+        if isinstance(exc, REBALANCED):
             log.warning("offset commit refused after a rebalance; redelivery is idempotent")
             for tp in offsets:
                 self.pending.pop(tp, None)
-            return False
-        except KafkaError as exc:
-            kind = classify(exc)
-            log.log(
-                logging.WARNING if kind is Kind.OUTAGE else logging.ERROR,
-                "offset commit failed (%s: %s); the offsets stay pending",
-                kind.value,
-                exc.__class__.__name__,
-            )
-            return False
+            return
+        kind = classify(exc)
+        log.log(
+            logging.WARNING if kind is Kind.OUTAGE else logging.ERROR,
+            "offset commit failed (%s: %s); the offsets stay pending",
+            kind.value,
+            exc.__class__.__name__,
+        )
+
+    def _done(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         for tp, meta in offsets.items():
-            self.committed[tp] = meta.offset
+            self.committed[tp] = max(self.committed.get(tp, -1), meta.offset)
             if self.pending.get(tp) == meta.offset:
                 del self.pending[tp]
-        return True
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Drop the state of partitions this worker no longer owns."""

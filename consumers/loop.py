@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.base import MemberState
 from kafka.errors import KafkaError
 
@@ -40,18 +40,23 @@ from purger.storage import BatchResult, Storage
 log = logging.getLogger("purger.consumer")
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    # kafka-python 3 calls the listener on its I/O thread, where a blocking commit
+    # is refused ("Cannot block on net.run() from the IO thread"): the methods are
+    # coroutines it awaits, and the revocation's commit is awaited, not blocked on.
     def __init__(self, worker: ConsumerWorker) -> None:
         self.worker = worker
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # Called inside poll(), so every batch handed out has been processed:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # During the worker's poll(), so every batch handed out has been processed:
         # commit what the database holds, forget the rest.
-        revoked = set(revoked)
-        self.worker.commit_pending(only=revoked)
-        self.worker.checkpoint.forget(revoked)
+        await self.worker.checkpoint.commit_revoked(set(revoked))
 
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        # Evicted: another member may own them already; committing would be refused.
+        self.worker.checkpoint.forget(set(lost))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = set(assigned)
         self.worker.ever_assigned |= assigned
         log.info("partitions assigned", extra={"count": len(assigned)})
