@@ -166,6 +166,11 @@ def run(ws: Workspace, config: BenchConfig, prepared: dict[str, Any]) -> dict[st
         return {"min": min(values), "median": round(statistics.median(values), 3)}
 
     ours_s = stats([r["seconds"] for r in ours])
+    phases = (
+        {name: stats([r["phases"][name] for r in ours]) for name in ours[0]["phases"]}
+        if ours
+        else {}
+    )
     drop_delete = stats([r["partman_and_delete_seconds"] for r in theirs])
     with_vacuum = stats([r["seconds"] for r in theirs])
     return {
@@ -173,6 +178,7 @@ def run(ws: Workspace, config: BenchConfig, prepared: dict[str, Any]) -> dict[st
         "purger": ours,
         "partman": theirs,
         "purger_seconds": ours_s,
+        "purger_phases": phases,
         "partman_drop_seconds": stats([r["maintenance_seconds"] for r in theirs]),
         "partman_and_delete_seconds": drop_delete,
         "partman_delete_vacuum_seconds": with_vacuum,

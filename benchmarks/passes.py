@@ -34,7 +34,19 @@ def timed_pass(url: str, policy: RetentionPolicy, now: datetime | None = None) -
     seconds = time.perf_counter() - started
     dropped = sum(c.partitions_dropped for c in report.categories.values())
     contended = sum(c.contended for c in report.categories.values())
+    actions = [a for c in report.categories.values() for a in c.actions]
+    drops = [a for a in actions if a.action == "drop"]
+    deletes = [a for a in actions if a.action == "delete_rows"]
     return {
+        # Where the pass's time went: the drops on its connection (each a detach, then
+        # a transaction whose COMMIT removes the files), the partition containing T on
+        # a second connection beside them.
+        "phases": {
+            "detach_seconds": round(sum(a.detach_seconds for a in drops), 3),
+            "drop_transaction_seconds": round(sum(a.seconds - a.detach_seconds for a in drops), 3),
+            "boundary_delete_seconds": round(sum(a.seconds for a in deletes), 3),
+            "boundary_vacuum_seconds": round(sum(a.vacuum_seconds for a in deletes), 3),
+        },
         "seconds": round(seconds, 3),
         "outcome": report.outcome,
         "error": report.error,

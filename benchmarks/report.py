@@ -429,6 +429,7 @@ def _partman_rows(pm: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list
             "≤ 1.0 x",
             _met(t["purge_pass_vs_partman_and_delete"]["met"]),
         ],
+        *_phase_rows(pm.get("purger_phases") or {}),
         [
             "pg_partman run_maintenance_proc (drops only)",
             f"{secs(pm['partman_drop_seconds'])}, {_n(left)} expired rows left",
@@ -441,6 +442,34 @@ def _partman_rows(pm: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[list
             "pg_partman + DELETE + VACUUM of today's partition",
             secs(pm["partman_delete_vacuum_seconds"]),
             f"purger: {_n(r['purger_vs_partman_delete_vacuum'], 2)} x this",
+            "",
+            "",
+        ],
+    ]
+
+
+def _phase_rows(phases: dict[str, Any]) -> list[list[str]]:
+    # Medians of the pass's parts: the drops' chain is its critical path, the partition
+    # containing T runs beside it on a second connection.
+    if not phases:
+        return []
+
+    def med(name: str) -> str:
+        return f"{_n(phases[name]['median'], 3)} s"
+
+    return [
+        [
+            "Of the pass, on its connection: DETACH CONCURRENTLY of each partition / "
+            "the drop transactions (holds check, DROP, registry, audit entry, COMMIT)",
+            f"{med('detach_seconds')} / {med('drop_transaction_seconds')}",
+            "",
+            "",
+            "",
+        ],
+        [
+            "Of the pass, beside them on a second connection: today's row deletes / its VACUUM",
+            f"{med('boundary_delete_seconds')} / {med('boundary_vacuum_seconds')}",
+            "",
             "",
             "",
         ],

@@ -18,6 +18,7 @@ audited, and a vacuum that cannot run never undoes them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class BoundaryPurge:
     def run(self, action: PartitionAction) -> BoundaryOutcome:
         """Delete the expired rows of ``action``'s partition, then vacuum it."""
         out = BoundaryOutcome(action)
+        started = time.perf_counter()
         note = attempt(
             action,
             f"delete expired rows of {action.partition}",
@@ -81,12 +83,17 @@ class BoundaryPurge:
             category=self.of.category,
             pass_id=self.of.pass_id,
         )
+        deleted = time.perf_counter()
+        action.seconds = deleted - started
         if note:
             out.notes.append(note)
         # A category stops at its first statement timeout (its next statements would
         # likely be as slow): no vacuum then, as no other statement of the category.
         if action.status != OUTCOME_TIMED_OUT and (action.rows or action.held):
-            out.vacuum_stopped = self._vacuum(action)
+            try:
+                out.vacuum_stopped = self._vacuum(action)
+            finally:
+                action.vacuum_seconds = time.perf_counter() - deleted
         return out
 
     def _delete_batches(self, action: PartitionAction) -> None:

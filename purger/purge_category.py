@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -280,22 +281,31 @@ class CategoryPurge:
         conn = self.conn
         pname = action.partition
         ident = {"parent": sql.Identifier(parent), "partition": sql.Identifier(pname)}
-        if pname in attached:
-            if attached[pname]:
-                # A detach interrupted between its two phases: finish it.
-                conn.execute(template("detach_finalize", **ident))
-            else:
-                # Marked detaching before the loop (mark_detaching).
-                conn.execute(template("detach_concurrently", **ident))
+        started = time.perf_counter()
         try:
-            self._drop_detached(action)
-        except BaseException:
             if pname in attached:
-                # Detached, not dropped: the registry says so until a later pass drops
-                # it (a commit per drop saved when, as nearly always, the drop follows).
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute(query("set_partition_state"), {"state": "detached", "name": pname})
-            raise
+                try:
+                    if attached[pname]:
+                        # A detach interrupted between its two phases: finish it.
+                        conn.execute(template("detach_finalize", **ident))
+                    else:
+                        # Marked detaching before the loop (mark_detaching).
+                        conn.execute(template("detach_concurrently", **ident))
+                finally:
+                    action.detach_seconds = time.perf_counter() - started
+            try:
+                self._drop_detached(action)
+            except BaseException:
+                if pname in attached:
+                    # Detached, not dropped: the registry says so until a later pass drops
+                    # it (a commit per drop saved when, as nearly always, the drop follows).
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute(
+                            query("set_partition_state"), {"state": "detached", "name": pname}
+                        )
+                raise
+        finally:
+            action.seconds = time.perf_counter() - started
 
     def _drop_detached(self, action: PartitionAction) -> None:
         conn, category, pname = self.conn, self.of.category, action.partition

@@ -98,6 +98,10 @@ class PartitionAction:
     range_end: datetime
     status: str  # "done", "contended", "timed_out", "planned"
     held: int = 0  # covered rows moved to held storage instead
+    # Wall time of its statements: a drop's detach and transaction, the row deletes.
+    seconds: float = 0.0
+    detach_seconds: float = 0.0  # of a drop's seconds, the DETACH CONCURRENTLY
+    vacuum_seconds: float = 0.0  # after the row deletes, not in their seconds
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -109,6 +113,9 @@ class PartitionAction:
             "range_start": self.range_start.isoformat(),
             "range_end": self.range_end.isoformat(),
             "status": self.status,
+            "seconds": round(self.seconds, 4),
+            "detach_seconds": round(self.detach_seconds, 4),
+            "vacuum_seconds": round(self.vacuum_seconds, 4),
         }
 
 

@@ -373,6 +373,17 @@ def test_dry_run_and_real_run_report_the_same_counts(
     assert counts(real_report)["interception"][:2] == (1, 5 + boundary)
     assert counts(real_report)["call_recordings"][:2] == (0, 0)
     assert real_report["rows_purged"] == audited_rows(url) == 14 + boundary
+    # Each action's wall time, as `make bench` adds it up (a dry run times nothing).
+    actions = [a for c in real_report["categories"].values() for a in c["actions"]]
+    for a in actions:
+        if a["action"] == "drop":
+            assert 0 < a["detach_seconds"] <= a["seconds"], a
+            assert a["vacuum_seconds"] == 0, a
+        else:
+            assert a["seconds"] > 0 and a["vacuum_seconds"] > 0, a
+    assert {a["action"] for a in actions} == {"drop", "delete_rows"}
+    dry_actions = [a for c in dry_report["categories"].values() for a in c["actions"]]
+    assert all(a["seconds"] == a["detach_seconds"] == 0 for a in dry_actions)
 
 
 # -- 7. stats and the exit codes of `purger purge` ------------------------------------------
