@@ -66,6 +66,9 @@ class Checkpoint:
         offsets = self._due(revoked)
         if consumer is not None and offsets:
             try:
+                # Settles when the broker answers (fails after request_timeout_ms). With
+                # the coordinator unknown it settles once it is found, the commit still
+                # under way: a commit lost then only makes the new owner redeliver.
                 await consumer.commit_async(offsets)
             except KafkaError as exc:
                 self._failed(offsets, exc)
