@@ -37,7 +37,7 @@ from kafka import TopicPartition
 from psycopg import sql
 
 from benchmarks.config import BenchConfig
-from benchmarks.machine import cpu_used, service_cpu_seconds
+from benchmarks.machine import cpu_used, per_record, service_cpu_seconds
 from benchmarks.watch import ConsumerWatch
 from benchmarks.workspace import REPO, Workspace
 
@@ -254,9 +254,7 @@ def run_connect(
         "cpu_us_per_record": round(watch.cpu_seconds() / total * 1e6, 1) if total else None,
         # What the same records cost PostgreSQL and the broker (their CPU over the run).
         "service_cpu_seconds": services,
-        "service_cpu_us_per_record": {k: round(v / total * 1e6, 1) for k, v in services.items()}
-        if total
-        else {},
+        "service_cpu_us_per_record": per_record(services, total),
     }
     if rows != total or seconds is None:
         result["problem"] = f"stored {rows} of {total}" + (

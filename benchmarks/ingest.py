@@ -27,7 +27,7 @@ from psycopg import sql
 
 from benchmarks.ceilings import Timed, copy_ceiling, naive, raw_consume
 from benchmarks.config import BenchConfig
-from benchmarks.machine import cpu_used, service_cpu_seconds
+from benchmarks.machine import cpu_used, per_record, service_cpu_seconds
 from benchmarks.produce import produce
 from benchmarks.watch import ConsumerWatch
 from benchmarks.workspace import REPO, Workspace
@@ -120,10 +120,6 @@ def _db_rows(url: str, ws: Workspace) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _per_record(seconds: dict[str, float], records: int) -> dict[str, float]:
-    return {k: round(v / records * 1e6, 1) for k, v in seconds.items()} if records else {}
-
-
 def run_ours(
     ws: Workspace,
     config: BenchConfig,
@@ -195,7 +191,7 @@ def run_ours(
         "peak_rss_mb_parent": watch.peaks_mb("main") if workers > 1 else [],
         # What the same records cost PostgreSQL and the broker (their CPU over the run).
         "service_cpu_seconds": services,
-        "service_cpu_us_per_record": _per_record(services, total),
+        "service_cpu_us_per_record": per_record(services, total),
         "errors": summary.get("errors", []),
     }
     result["rows_in_database"] = rows

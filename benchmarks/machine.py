@@ -74,7 +74,8 @@ def load_average() -> list[float]:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(stat: str, *, children: bool) -> float:
+def stat_cpu_seconds(stat: str, *, children: bool = False) -> float:
+    """User plus system CPU seconds in a ``/proc/<pid>/stat`` text (and its reaped children's)."""
     # The command name (field 2) may hold spaces: count fields after its closing ")".
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])
@@ -102,12 +103,17 @@ def service_cpu_seconds() -> dict[str, float]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         if comm == "postgres":
-            out["postgresql"] += _proc_cpu(stat, children=True)
+            out["postgresql"] += stat_cpu_seconds(stat, children=True)
         elif b"kafka.Kafka" in argv:
-            out["broker"] += _proc_cpu(stat, children=False)
+            out["broker"] += stat_cpu_seconds(stat)
     return out
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Seconds each service used between two ``service_cpu_seconds`` readings."""
     return {name: round(after[name] - before[name], 2) for name in before}
+
+
+def per_record(seconds: dict[str, float], records: int) -> dict[str, float]:
+    """Each of ``seconds`` in µs a record."""
+    return {k: round(v / records * 1e6, 1) for k, v in seconds.items()} if records else {}

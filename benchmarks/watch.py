@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.errors import KafkaError
+
+from benchmarks.machine import stat_cpu_seconds
 
 
 def _status_kib(pid: int, key: str) -> int | None:
@@ -64,15 +65,9 @@ def role_of(pid: int, root: int) -> str:
 def _cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time of ``pid`` so far."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text(encoding="utf-8"))
     except OSError:
         return None
-    # The command name (field 2) may hold spaces: count fields after its closing ")".
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -282,17 +282,16 @@ class CategoryPurge:
         pname = action.partition
         ident = {"parent": sql.Identifier(parent), "partition": sql.Identifier(pname)}
         started = time.perf_counter()
+        detached: float | None = None
         try:
             if pname in attached:
-                try:
-                    if attached[pname]:
-                        # A detach interrupted between its two phases: finish it.
-                        conn.execute(template("detach_finalize", **ident))
-                    else:
-                        # Marked detaching before the loop (mark_detaching).
-                        conn.execute(template("detach_concurrently", **ident))
-                finally:
-                    action.detach_seconds = time.perf_counter() - started
+                if attached[pname]:
+                    # A detach interrupted between its two phases: finish it.
+                    conn.execute(template("detach_finalize", **ident))
+                else:
+                    # Marked detaching before the loop (mark_detaching).
+                    conn.execute(template("detach_concurrently", **ident))
+            detached = time.perf_counter()
             try:
                 self._drop_detached(action)
             except BaseException:
@@ -305,7 +304,9 @@ class CategoryPurge:
                         )
                 raise
         finally:
-            action.seconds = time.perf_counter() - started
+            ended = time.perf_counter()
+            action.seconds = ended - started
+            action.detach_seconds = (detached or ended) - started
 
     def _drop_detached(self, action: PartitionAction) -> None:
         conn, category, pname = self.conn, self.of.category, action.partition
