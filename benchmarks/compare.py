@@ -4,7 +4,8 @@ Its own workspace (topics, databases and groups named after its own run id): the
 records are produced twice with the same generator and seeds, as our contract's
 JSON into the policy's topics and in JsonConverter's schema envelope into one
 topic per category for Connect, with the same partition count. Then, per round:
-ours with 1 worker, Connect with 1 task on the plain and on the partitioned
+ours with 1 worker (write-behind off, then on: what storing a batch while the next
+is decoded is worth), Connect with 1 task on the plain and on the partitioned
 target, ours with 2 workers, Connect with 2 tasks on both targets. Each run
 consumes the whole backlog with a fresh group into a fresh database.
 """
@@ -25,6 +26,8 @@ from benchmarks.workspace import Workspace
 log = logging.getLogger("benchmarks")
 
 CONNECT_RUNS = ((1, False), (1, True), (2, False), (2, True))
+# The same worker storing and decoding in turn, on one thread.
+SERIAL = {"PURGER_WRITE_BEHIND": "false"}
 
 
 def _stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -74,6 +77,12 @@ def _run(ws: Workspace, config: BenchConfig, home: connect.ConnectHome) -> dict[
     theirs_ends = end_offsets(config.kafka_bootstrap, sorted(theirs_topics.values()))
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(config.compare_rounds):
+        log.info("compare: round %s, ours with 1 worker, write-behind off", round_ + 1)
+        label = f"c{round_}serial"
+        runs.setdefault("ours_1_serial", []).append(
+            run_ours(ws, config, 1, ours_ends, label=label, settings=SERIAL)
+        )
+        ws.drop_database(label)
         for workers in (1, 2):
             key = f"ours_{workers}"
             log.info("compare: round %s, ours with %s worker(s)", round_ + 1, workers)
@@ -116,6 +125,8 @@ def _run(ws: Workspace, config: BenchConfig, home: connect.ConnectHome) -> dict[
         ratios[f"ours_{workers}_vs_connect_{workers}"] = (
             round(ours / best, 3) if ours and best else None
         )
+    one, serial = summary["ours_1"]["median"], summary["ours_1_serial"]["median"]
+    ratios["ours_1_vs_serial"] = round(one / serial, 3) if one and serial else None
     return {
         "records": total,
         "message_bytes": sizes,

@@ -127,8 +127,12 @@ def run_ours(
     ends: dict[TopicPartition, int],
     *,
     label: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``purger consume --until-idle --workers N`` over the whole backlog, fresh DB and group."""
+    """``purger consume --until-idle --workers N`` over the whole backlog, fresh DB and group.
+
+    ``settings``: more ``PURGER_*`` variables for the consumer (e.g. write-behind off).
+    """
     label = label or f"w{workers}"
     url = ws.create_database(label)
     group = ws.group(label)
@@ -148,9 +152,8 @@ def run_ours(
     with stderr_path.open("wb") as err, stdout_path.open("wb") as out:
         services_before = service_cpu_seconds()
         started = time.time()
-        proc = subprocess.Popen(
-            command, env=_child_env(ws, config, url, group), stdout=out, stderr=err, cwd=REPO
-        )
+        env = _child_env(ws, config, url, group) | (settings or {})
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=err, cwd=REPO)
         watch = ConsumerWatch(proc.pid, config.kafka_bootstrap, group, ends)
         watch.start()
         try:

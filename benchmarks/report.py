@@ -374,6 +374,17 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
                 ),
             ]
         )
+        if workers == 1 and summary.get("ours_1_serial"):
+            rows.append(
+                [
+                    f"Ours, 1 worker, write-behind off: storing and decoding in turn "
+                    f"({cpu('ours_1_serial', 'worker')})",
+                    _rate(summary["ours_1_serial"]),
+                    f"write-behind: {_n(r.get('ours_1_vs_serial'), 2)} x this",
+                    "",
+                    "",
+                ]
+            )
         for target in ("plain", "partitioned"):
             key = f"connect_{workers}_{target}"
             rows.append(

@@ -6,6 +6,11 @@ that fails because the broker or the coordinator is away keeps the offsets
 pending for the next commit; one refused after a rebalance is dropped, since the
 new owner's redelivery is idempotent. Neither is ever a crash, and no offset
 moves backwards.
+
+A batch stored behind the worker's back (``consumers.write_behind``) may finish
+after its partition was revoked, and even after it came back: an offset advanced
+then could lie behind what another member committed meanwhile. Each partition's
+epoch counts how often it was forgotten; a batch stamped before is not advanced.
 """
 
 from __future__ import annotations
@@ -31,10 +36,24 @@ class Checkpoint:
         self.consumer: KafkaConsumer | None = None
         self.pending: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.epochs: dict[TopicPartition, int] = {}
 
-    def advance(self, last: Mapping[TopicPartition, int]) -> None:
-        """Mark everything up to each partition's ``last`` offset as durable."""
+    def stamp(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The current epoch of each of ``partitions``, for ``advance(..., stamped=)``."""
+        return {tp: self.epochs.get(tp, 0) for tp in partitions}
+
+    def advance(
+        self,
+        last: Mapping[TopicPartition, int],
+        stamped: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        """Mark everything up to each partition's ``last`` offset as durable.
+
+        With ``stamped``, a partition forgotten since it was stamped is skipped.
+        """
         for tp, offset in last.items():
+            if stamped is not None and stamped.get(tp) != self.epochs.get(tp, 0):
+                continue
             self.pending[tp] = max(self.pending.get(tp, -1), offset + 1)
 
     def outstanding(self, partitions: Iterable[TopicPartition]) -> bool:
@@ -108,3 +127,4 @@ class Checkpoint:
         for tp in partitions:
             self.pending.pop(tp, None)
             self.committed.pop(tp, None)
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1

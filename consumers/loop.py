@@ -5,7 +5,9 @@ batch is acknowledged, and only forward. Failures follow the one policy of
 ``consumers.failures``: a poison record is dead-lettered (or, already past its
 expiry, counted as expired on arrival) and the partition moves on; a systemic
 fault or an outage is retried here, through one ``Retrier``, with nothing
-committed meanwhile.
+committed meanwhile. With ``write_behind`` (the default) a batch is stored on a
+writer thread while the next one is polled and decoded (``consumers.write_behind``);
+its offsets still move only once it is durable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,11 +27,12 @@ from kafka.errors import KafkaError
 
 from consumers.checkpoint import Checkpoint
 from consumers.deadletter import DeadLetter, DeadLetterWriter
-from consumers.decoding import BatchDecoder, Polled
+from consumers.decoding import BatchDecoder, Decoded, Polled
 from consumers.failures import Retrier, Stopping
 from consumers.kafka_config import consumer_options, producer_options
 from consumers.sink import DatabaseSink
 from consumers.summary import IngestSummary
+from consumers.write_behind import WriteBehind
 from purger.metrics import Metrics
 from purger.policy import Category, RetentionPolicy
 from purger.records import (
@@ -39,6 +43,18 @@ from purger.storage import BatchResult, Storage
 
 log = logging.getLogger("purger.consumer")
 
+# What a batch's store gives: results by category, dead letters of refused records.
+Written = tuple[dict[str, BatchResult], list[DeadLetter]]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded batch on its way to the database, its partitions' epochs stamped."""
+
+    decoded: Decoded
+    started: datetime
+    epochs: dict[TopicPartition, int]
+
 
 class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     # kafka-python 3 calls the listener on its I/O thread, where a blocking commit
@@ -48,8 +64,9 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # During the worker's poll(), so every batch handed out has been processed:
-        # commit what the database holds, forget the rest.
+        # During the worker's poll(): every batch handed out is durable, or in flight
+        # on the writer thread (its offsets are then not advanced: Checkpoint.epochs),
+        # or never stored. Commit what the database holds, forget the rest.
         await self.worker.checkpoint.commit_revoked(set(revoked))
 
     async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
@@ -94,6 +111,15 @@ class ConsumerWorker:
             future_tolerance=settings.future_tolerance_delta,
             default_country_code=settings.default_country_code,
         )
+        # The writer thread's own stop flag: set with the worker's, and on the way out.
+        self.halt = threading.Event()
+        self.writer_retrier = Retrier(
+            metrics,
+            self.halt,
+            longest=settings.db_retry_max_backoff_seconds,
+            beat=beat,
+            worker=worker_id,
+        )
         self.retrier = Retrier(
             metrics,
             stop,
@@ -135,6 +161,15 @@ class ConsumerWorker:
         stack.callback(self.commit_pending)
         consumer.subscribe(topics=sorted(self.by_topic), listener=_Rebalance(self))
         dlq = DeadLetterWriter(producer, self.metrics)
+        behind: WriteBehind[Batch, Written] = WriteBehind(
+            lambda batch: self.write(batch, storage, dlq, self.writer_retrier),
+            self.finish,
+            stop=self.stop,
+            halt=self.halt,
+            name=f"purger-writer-{self.worker_id}",
+        )
+        # Runs before the commit above: what the writer stored is committed too.
+        stack.callback(behind.drain)
         idle_polls = 0
         while not self.stop.is_set():
             self.beat()
@@ -148,10 +183,13 @@ class ConsumerWorker:
             self._refresh_lag()
             if polled:
                 idle_polls = 0
-                self.process(polled, storage, dlq)
-                if self.on_batch is not None:
-                    self.on_batch()
+                batch = self.prepare(polled)
+                if self.settings.write_behind:
+                    behind.submit(batch)
+                else:
+                    self.finish(batch, self.write(batch, storage, dlq, self.retrier))
             else:
+                behind.settle()
                 # Offsets left pending by a commit during an outage go out when idle too.
                 self.commit_pending()
                 if self.until_idle:
@@ -168,25 +206,47 @@ class ConsumerWorker:
 
     # -- one batch ---------------------------------------------------------------
     def process(self, polled: Polled, storage: Storage, dlq: DeadLetterWriter) -> None:
-        """Handle one polled batch; offsets are committed only after it is durable."""
+        """One polled batch, on this thread; offsets are committed only after it is durable."""
+        batch = self.prepare(polled)
+        self.finish(batch, self.write(batch, storage, dlq, self.retrier))
+
+    def prepare(self, polled: Polled) -> Batch:
+        """Decode a polled batch (pure) and stamp its partitions' epochs."""
         started = datetime.now(UTC)
         self.summary.messages += sum(len(batch) for batch in polled.values())
         decoded = self.decoder.decode(polled, started)
+        return Batch(decoded, started, self.checkpoint.stamp(polled))
+
+    def write(
+        self, batch: Batch, storage: Storage, dlq: DeadLetterWriter, retrier: Retrier
+    ) -> Written:
+        """Make a batch durable: its dead letters acknowledged, its records stored."""
+        decoded = batch.decoded
         sink = DatabaseSink(storage, self.policy)
         # Dead letters first: the offset never moves past a message that is neither
         # stored nor acknowledged by the dead-letter topic.
         pending = list(decoded.letters)
-        self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
-        results, refused = self.retrier.run(
+        retrier.run(lambda: dlq.write(pending), "dead-letter write")
+        results, refused = retrier.run(
             lambda: sink.store(decoded.records, decoded.messages), "store batch"
         )
         pending = list(refused)
-        self.retrier.run(lambda: dlq.write(pending), "dead-letter write")
-        self.checkpoint.advance(decoded.last)
+        retrier.run(lambda: dlq.write(pending), "dead-letter write")
+        return results, refused
+
+    def finish(self, batch: Batch, written: Written) -> None:
+        """After the batch is durable: advance and commit its offsets, count it."""
+        results, refused = written
+        decoded = batch.decoded
+        self.checkpoint.advance(decoded.last, batch.epochs)
         self.commit_pending()
         self._count(results, [*decoded.letters, *refused], decoded.expired)
-        self.metrics.ingest_batch_duration.observe((datetime.now(UTC) - started).total_seconds())
+        self.metrics.ingest_batch_duration.observe(
+            (datetime.now(UTC) - batch.started).total_seconds()
+        )
         self.beat()
+        if self.on_batch is not None:
+            self.on_batch()
 
     def _count(
         self,

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     )
     batch_max_records: int = Field(5000, ge=1, description="records per poll and transaction")
     poll_timeout_ms: int = Field(500, ge=10, description="Kafka poll timeout")
+    write_behind: bool = Field(
+        True,
+        description="store a batch on a writer thread while the next one is polled and "
+        "decoded (offsets still move only after the database commit)",
+    )
     http_host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
     http_port: int = Field(9108, ge=0, le=65535, description="port of the HTTP endpoints")
     purge_schedule: str = Field("0 * * * *", description="cron schedule of purge passes (UTC)")

@@ -1,0 +1,122 @@
+"""One batch stored on a thread of its own while the worker polls and decodes the next.
+
+The worker's loop is otherwise serial: while the database stores a batch, the worker
+waits, and while the worker decodes, the database waits. Here the store of batch N
+(its dead letters, the database transaction, the refused records' dead letters) runs
+on a writer thread while the worker's thread polls and decodes batch N+1; psycopg and
+the Kafka clients release the GIL while they wait on a socket.
+
+What does not change: at most one batch is in flight; batches are stored in the order
+they were polled; a batch's offsets are advanced and committed by the worker's thread
+only after :meth:`WriteBehind.settle` saw its store finish (the database commit and
+every dead letter acknowledged). The rebalance listener cannot wait for a batch in
+flight (it runs on kafka-python's I/O thread), so it commits what is durable and
+forgets the rest: the batch in flight then finishes but its offsets are not advanced
+for a partition revoked meanwhile (``Checkpoint.epochs``), and the new owner's
+redelivery of it is deduplicated by the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger("purger.consumer")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# How often a worker waiting for its writer looks at the stop flag.
+_STOP_CHECK_SECONDS = 0.5
+
+
+class _InFlight(Generic[T, R]):
+    def __init__(self, batch: T) -> None:
+        self.batch = batch
+        self.done = threading.Event()
+        self.result: R | None = None
+        self.error: BaseException | None = None
+
+
+class WriteBehind(Generic[T, R]):
+    """Runs ``write(batch)`` on a writer thread, one batch at a time, in order.
+
+    ``halt`` is the writer's own stop flag (its retrier waits on it): set when the
+    worker stops, so that a writer retrying an outage gives up with ``Stopping``.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[T], R],
+        finish: Callable[[T, R], None],
+        *,
+        stop: threading.Event,
+        halt: threading.Event,
+        name: str,
+    ) -> None:
+        self._write = write
+        self._finish = finish
+        self._stop = stop
+        self._halt = halt
+        self._name = name
+        self._in_flight: _InFlight[T, R] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a batch is in flight or finished but not yet settled."""
+        return self._in_flight is not None
+
+    def submit(self, batch: T) -> None:
+        """Settle the batch in flight, then start storing ``batch``."""
+        self.settle()
+        job: _InFlight[T, R] = _InFlight(batch)
+        self._in_flight = job
+        # A daemon thread a batch (tens of microseconds against a store of hundreds
+        # of milliseconds): a writer stuck in a driver call never keeps the process up.
+        threading.Thread(target=self._run, args=(job,), name=self._name, daemon=True).start()
+
+    def _run(self, job: _InFlight[T, R]) -> None:
+        try:
+            job.result = self._write(job.batch)
+        except BaseException as exc:  # handed to the worker's thread in settle
+            job.error = exc
+        finally:
+            job.done.set()
+
+    def settle(self) -> None:
+        """Wait for the batch in flight and finish it; its store's exception is raised here."""
+        job = self._in_flight
+        if job is None:
+            return
+        while not job.done.wait(_STOP_CHECK_SECONDS):
+            if self._stop.is_set():
+                self._halt.set()
+        self._in_flight = None
+        if job.error is not None:
+            raise job.error
+        self._finish(job.batch, job.result)  # type: ignore[arg-type]
+
+    def drain(self) -> None:
+        """On the way out: stop a writer that retries, wait for it, finish what it stored.
+
+        A batch whose store failed (stopped, or an error the worker is already raising)
+        is dropped: none of its offsets moves, so it is redelivered.
+        """
+        if self._in_flight is None:
+            return
+        self._halt.set()
+        try:
+            self.settle()
+        except Exception as exc:
+            # Named by class only: a driver's message may quote data.
+            log.warning(
+                "the batch in flight was not stored (%s); it will be redelivered",
+                exc.__class__.__name__,
+            )
+        finally:
+            self._in_flight = None
+
+
+__all__ = ["WriteBehind"]

@@ -1,0 +1,153 @@
+"""Write-behind on the real Kafka and PostgreSQL: a batch stored on the writer thread.
+
+The rebalance listener cannot wait for a batch in flight (it runs on kafka-python's
+I/O thread), so such a batch may finish after its partitions moved to another
+member, which may have read and committed past it meanwhile. Its offsets must then
+not be committed: that would move the group's offset backwards.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from consumers.deadletter import DeadLetterWriter
+from consumers.kafka_config import consumer_options, producer_options
+from consumers.loop import ConsumerWorker, _Rebalance
+from purger.policy import RetentionPolicy
+from purger.settings import Settings
+from purger.storage import Storage
+from tests.integration.conftest import SettingsFactory
+from tests.integration.support import committed_offsets, count_rows, ingest_metrics, wait_until
+from tests.integration.test_ingest import message
+
+pytestmark = pytest.mark.integration
+
+RECENT = datetime.now(UTC) - timedelta(hours=1)
+PER_PARTITION = 10
+
+
+@pytest.fixture
+def members(topics: dict[str, str]) -> Iterator[list[KafkaConsumer]]:
+    made: list[KafkaConsumer] = []
+    yield made
+    for consumer in made:
+        consumer.close(autocommit=False)
+
+
+def _send(producer: KafkaProducer, topic: str, prefix: str) -> None:
+    for p in range(4):
+        for i in range(PER_PARTITION):
+            producer.send(topic, message(f"{prefix}-{p}-{i}", RECENT), partition=p)
+    producer.flush()
+
+
+def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_back(
+    settings: Settings,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+    members: list[KafkaConsumer],
+) -> None:
+    topic = topics["cdr"]
+    _send(producer, topic, "first")
+    metrics = ingest_metrics(policy)
+    worker = ConsumerWorker(settings, policy, metrics, threading.Event())
+    first = KafkaConsumer(**consumer_options(settings))
+    members.append(first)
+    worker.checkpoint.consumer = first
+    first.subscribe(topics=[topic], listener=_Rebalance(worker))
+    polled: dict[TopicPartition, list[Any]] = {}
+
+    def read_all() -> bool:
+        for tp, batch in first.poll(timeout_ms=200).items():
+            polled.setdefault(tp, []).extend(batch)
+        return sum(len(b) for b in polled.values()) == 4 * PER_PARTITION
+
+    wait_until(read_all, what="the first member reading every message")
+    batch = worker.prepare(polled)
+    dlq_producer = KafkaProducer(**producer_options(settings))
+    try:
+        with Storage(settings.conninfo(), policy, settings.granularity) as storage:
+            # What the writer thread does; the worker's thread has not settled it yet.
+            written = worker.write(
+                batch, storage, DeadLetterWriter(dlq_producer, metrics), worker.retrier
+            )
+    finally:
+        dlq_producer.close()
+    assert count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION
+
+    second = KafkaConsumer(**consumer_options(settings))
+    members.append(second)
+    second.subscribe(topics=[topic])
+
+    def shared() -> bool:
+        first.poll(timeout_ms=100)
+        second.poll(timeout_ms=100)
+        return bool(first.assignment()) and bool(second.assignment())
+
+    wait_until(shared, what="the partitions shared by both members")
+    moved = set(second.assignment())
+    assert moved and moved.isdisjoint(first.assignment())
+
+    # The new owner reads its partitions (nothing of them was committed: from the
+    # start), more arrives, it reads that too and commits past the old batch.
+    _send(producer, topic, "second")
+    ends = {tp: 2 * PER_PARTITION for tp in moved}
+
+    def second_caught_up() -> bool:
+        second.poll(timeout_ms=200)
+        return all(second.position(tp) >= ends[tp] for tp in moved)
+
+    wait_until(second_caught_up, what="the second member reading its partitions")
+    second.commit()
+    before = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
+    for tp in moved:
+        assert before[tp.partition] == 2 * PER_PARTITION
+
+    # The old batch settles now, on the first member's thread.
+    worker.finish(batch, written)
+
+    after = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
+    for tp in moved:
+        assert after[tp.partition] == 2 * PER_PARTITION, (tp, after)
+        assert tp not in worker.checkpoint.pending
+    # Every record of the old batch is stored: what it did not commit is redelivered.
+    assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
+
+
+@pytest.mark.parametrize("write_behind", [True, False])
+def test_a_stopped_worker_commits_the_batch_its_writer_stored(
+    write_behind: bool,
+    make_settings: SettingsFactory,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+) -> None:
+    # Small batches, so that a batch is in flight whenever the worker polls; the worker
+    # is stopped as soon as every record is stored, whatever batch is then in flight.
+    # Without write-behind, the same loop stores on the worker's thread.
+    settings = make_settings(batch_max_records=7, write_behind=write_behind)
+    topic = topics["cdr"]
+    _send(producer, topic, "stop")
+    stop = threading.Event()
+    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), stop)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION,
+            what="every record stored",
+        )
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
+    assert committed == {p: PER_PARTITION for p in range(4)}
+    assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION

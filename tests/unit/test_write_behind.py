@@ -1,0 +1,212 @@
+"""WriteBehind: one batch in flight, stored in order, finished on the caller's thread.
+
+And Checkpoint's epochs: a batch that finishes after its partition was revoked (and
+perhaps assigned again) never advances that partition's offset.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka import TopicPartition
+
+from consumers.checkpoint import Checkpoint
+from consumers.failures import Stopping
+from consumers.write_behind import WriteBehind
+
+WAIT = 10.0
+
+
+class Recorder:
+    """A write and a finish that record what ran where, and whether writes overlapped."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
+        self.written: list[int] = []
+        self.finished: list[tuple[int, int]] = []
+        self.finish_threads: set[str] = set()
+        self.write_threads: set[str] = set()
+
+    def write(self, batch: int) -> int:
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.write_threads.add(threading.current_thread().name)
+        try:
+            self.written.append(batch)
+            return batch * 10
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def finish(self, batch: int, result: int) -> None:
+        self.finished.append((batch, result))
+        self.finish_threads.add(threading.current_thread().name)
+
+
+def behind_for(
+    rec: Recorder, stop: threading.Event | None = None, halt: threading.Event | None = None
+) -> WriteBehind[int, int]:
+    return WriteBehind(
+        rec.write,
+        rec.finish,
+        stop=stop or threading.Event(),
+        halt=halt or threading.Event(),
+        name="writer-test",
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=1, max_value=40))
+def test_batches_are_stored_one_at_a_time_in_order_and_finished_on_the_callers_thread(
+    n: int,
+) -> None:
+    rec = Recorder()
+    behind = behind_for(rec)
+    for batch in range(n):
+        behind.submit(batch)
+        # The batch just submitted is in flight; every earlier one is finished.
+        assert [b for b, _ in rec.finished] == list(range(batch))
+    behind.settle()
+    assert not behind.busy
+    assert rec.written == list(range(n))
+    assert rec.finished == [(b, b * 10) for b in range(n)]
+    assert rec.most_running == 1
+    assert rec.write_threads == {"writer-test"}
+    assert rec.finish_threads == {threading.current_thread().name}
+
+
+def test_a_failed_store_is_raised_on_the_callers_thread_and_never_finished() -> None:
+    finished: list[int] = []
+
+    def write(batch: int) -> int:
+        if batch == 1:
+            raise RuntimeError("refused")
+        return batch
+
+    behind: WriteBehind[int, int] = WriteBehind(
+        write,
+        lambda b, _r: finished.append(b),
+        stop=threading.Event(),
+        halt=threading.Event(),
+        name="writer-test",
+    )
+    behind.submit(0)
+    behind.submit(1)
+    with pytest.raises(RuntimeError, match="refused"):
+        behind.submit(2)  # settles batch 1 first: its failure stops batch 2 from starting
+    assert finished == [0]
+    assert not behind.busy
+
+
+def test_stop_while_waiting_halts_a_writer_that_retries() -> None:
+    # The writer's retrier waits on halt; the worker's stop flag must reach it even
+    # while the worker's thread is blocked in settle().
+    stop, halt = threading.Event(), threading.Event()
+    started = threading.Event()
+    finished: list[int] = []
+
+    def write(batch: int) -> int:
+        started.set()
+        if halt.wait(WAIT):
+            raise Stopping
+        return batch
+
+    behind: WriteBehind[int, int] = WriteBehind(
+        write, lambda b, _r: finished.append(b), stop=stop, halt=halt, name="writer-test"
+    )
+    behind.submit(0)
+    assert started.wait(WAIT)
+    threading.Timer(0.05, stop.set).start()
+    with pytest.raises(Stopping):
+        behind.settle()
+    assert halt.is_set()
+    assert finished == []
+
+
+def test_drain_finishes_a_stored_batch_and_drops_a_stopped_one() -> None:
+    rec = Recorder()
+    behind = behind_for(rec)
+    behind.submit(7)
+    behind.drain()
+    assert rec.finished == [(7, 70)]
+    assert not behind.busy
+
+    halt = threading.Event()
+    finished: list[int] = []
+
+    def retrying(batch: int) -> int:
+        # A writer waiting out an outage: gives up when halted.
+        if halt.wait(WAIT):
+            raise Stopping
+        return batch
+
+    stopped: WriteBehind[int, int] = WriteBehind(
+        retrying,
+        lambda b, _r: finished.append(b),
+        stop=threading.Event(),
+        halt=halt,
+        name="writer-test",
+    )
+    stopped.submit(3)
+    stopped.drain()  # sets halt, waits, raises nothing
+    assert halt.is_set()
+    assert finished == []
+    assert not stopped.busy
+
+
+def test_drain_without_a_batch_in_flight_does_nothing() -> None:
+    halt = threading.Event()
+    behind = behind_for(Recorder(), halt=halt)
+    behind.drain()
+    assert not halt.is_set()
+
+
+TP0 = TopicPartition("t", 0)
+TP1 = TopicPartition("t", 1)
+
+
+def test_a_batch_stamped_before_a_revocation_does_not_advance_that_partition() -> None:
+    cp = Checkpoint()
+    stamped = cp.stamp([TP0, TP1])
+    cp.forget({TP0})  # revoked while the batch was in flight
+    cp.advance({TP0: 41, TP1: 9}, stamped)
+    assert cp.pending == {TP1: 10}
+
+
+def test_a_partition_revoked_and_assigned_again_is_still_not_advanced_by_the_old_batch() -> None:
+    cp = Checkpoint()
+    old = cp.stamp([TP0])
+    cp.forget({TP0})
+    # Back with this member; another one may have committed past the old batch meanwhile.
+    new = cp.stamp([TP0])
+    cp.advance({TP0: 5}, old)
+    assert cp.pending == {}
+    cp.advance({TP0: 60}, new)
+    assert cp.pending == {TP0: 61}
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["advance", "forget"]), st.integers(0, 1), st.integers(0, 99)),
+        max_size=30,
+    )
+)
+def test_without_a_revocation_a_stamped_advance_is_a_plain_advance(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    plain, stamped = Checkpoint(), Checkpoint()
+    for op, p, offset in steps:
+        tp = TopicPartition("t", p)
+        if op == "forget":
+            plain.forget({tp})
+            stamped.forget({tp})
+            continue
+        plain.advance({tp: offset})
+        stamped.advance({tp: offset}, stamped.stamp([tp]))
+    assert plain.pending == stamped.pending
