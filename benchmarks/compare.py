@@ -6,7 +6,7 @@ JSON into the policy's topics and in JsonConverter's schema envelope into one
 topic per category for Connect, with the same partition count. Then, per round:
 ours with 1 worker (write-behind off, then on: what storing a batch while the next
 is decoded is worth), Connect with 1 task on the plain and on the partitioned
-target, ours with 2 workers, Connect with 2 tasks on both targets. Each run
+target, ours with 2 workers (off, then on), Connect with 2 tasks on both targets. Each run
 consumes the whole backlog with a fresh group into a fresh database.
 """
 
@@ -77,13 +77,14 @@ def _run(ws: Workspace, config: BenchConfig, home: connect.ConnectHome) -> dict[
     theirs_ends = end_offsets(config.kafka_bootstrap, sorted(theirs_topics.values()))
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(config.compare_rounds):
-        log.info("compare: round %s, ours with 1 worker, write-behind off", round_ + 1)
-        label = f"c{round_}serial"
-        runs.setdefault("ours_1_serial", []).append(
-            run_ours(ws, config, 1, ours_ends, label=label, settings=SERIAL)
-        )
-        ws.drop_database(label)
         for workers in (1, 2):
+            log.info("compare: round %s, ours, %s worker(s), write-behind off", round_ + 1, workers)
+            label = f"c{round_}w{workers}serial"
+            runs.setdefault(f"ours_{workers}_serial", []).append(
+                run_ours(ws, config, workers, ours_ends, label=label, settings=SERIAL)
+            )
+            if workers == 1:
+                ws.drop_database(label)
             key = f"ours_{workers}"
             log.info("compare: round %s, ours with %s worker(s)", round_ + 1, workers)
             label = f"c{round_}w{workers}"
@@ -125,8 +126,9 @@ def _run(ws: Workspace, config: BenchConfig, home: connect.ConnectHome) -> dict[
         ratios[f"ours_{workers}_vs_connect_{workers}"] = (
             round(ours / best, 3) if ours and best else None
         )
-    one, serial = summary["ours_1"]["median"], summary["ours_1_serial"]["median"]
-    ratios["ours_1_vs_serial"] = round(one / serial, 3) if one and serial else None
+    for workers in (1, 2):
+        on, off = summary[f"ours_{workers}"]["median"], summary[f"ours_{workers}_serial"]["median"]
+        ratios[f"ours_{workers}_vs_serial"] = round(on / off, 3) if on and off else None
     return {
         "records": total,
         "message_bytes": sizes,

@@ -196,6 +196,13 @@ def run_ours(
         "service_cpu_seconds": services,
         "service_cpu_us_per_record": per_record(services, total),
         "errors": summary.get("errors", []),
+        # Where the workers' time went (purger consume --json), summed over workers.
+        "stage_us_per_record": {
+            stage: round(float(seconds) / total * 1e6, 1)
+            for stage, seconds in (summary.get("seconds") or {}).items()
+        }
+        if total
+        else {},
     }
     result["rows_in_database"] = rows
     result["duplicates"] = sum(

@@ -351,6 +351,15 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
             f"broker {median(broker)} µs"
         )
 
+    def stages(key: str) -> str:
+        # Medians over the runs of the workers' wall time a record, by stage.
+        per_run = [r.get("stage_us_per_record") or {} for r in runs[key]]
+        names = [s for s in ("poll", "decode", "store", "wait", "commit") if per_run[0].get(s)]
+        if not names:
+            return ""
+        parts = [f"{s} {_n(statistics.median(float(r.get(s, 0)) for r in per_run))}" for s in names]
+        return "; wall a record, by stage: " + ", ".join(parts) + " µs"
+
     head = (
         f"{_n(comp['records'])} records, {comp['rounds']} alternating rounds, "
         f"ours {_n(sizes['ours'])} B/message, Connect {_n(sizes['connect'])} B/message"
@@ -361,7 +370,7 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
             [
                 f"Ours, {workers} worker{'s' if workers > 1 else ''} (peak RSS per worker "
                 f"{peak(f'ours_{workers}', 'peak_rss_mb_per_worker')}; "
-                f"{cpu(f'ours_{workers}', 'workers')})",
+                f"{cpu(f'ours_{workers}', 'workers')}{stages(f'ours_{workers}')})",
                 _rate(summary[f"ours_{workers}"]),
                 f"{_n(r[f'ours_{workers}_vs_connect_{workers}'], 2)} x Connect, "
                 f"{workers} task{'s' if workers > 1 else ''} (faster target)",
@@ -374,13 +383,14 @@ def _connect_rows(comp: dict[str, Any], t: dict[str, dict[str, Any]]) -> list[li
                 ),
             ]
         )
-        if workers == 1 and summary.get("ours_1_serial"):
+        serial = f"ours_{workers}_serial"
+        if summary.get(serial):
             rows.append(
                 [
-                    f"Ours, 1 worker, write-behind off: storing and decoding in turn "
-                    f"({cpu('ours_1_serial', 'worker')})",
-                    _rate(summary["ours_1_serial"]),
-                    f"write-behind: {_n(r.get('ours_1_vs_serial'), 2)} x this",
+                    f"Ours, {workers} worker{'s' if workers > 1 else ''}, write-behind off: "
+                    f"storing and decoding in turn ({cpu(serial, 'workers')}{stages(serial)})",
+                    _rate(summary[serial]),
+                    f"write-behind on: {_n(r.get(f'ours_{workers}_vs_serial'), 2)} x this",
                     "",
                     "",
                 ]

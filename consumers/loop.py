@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -167,12 +168,14 @@ class ConsumerWorker:
             stop=self.stop,
             halt=self.halt,
             name=f"purger-writer-{self.worker_id}",
+            waited=lambda seconds: self.summary.clock("wait", seconds),
         )
         # Runs before the commit above: what the writer stored is committed too.
         stack.callback(behind.drain)
         idle_polls = 0
         while not self.stop.is_set():
             self.beat()
+            polling = time.perf_counter()
             polled = self.retrier.run(
                 lambda: consumer.poll(
                     timeout_ms=self.settings.poll_timeout_ms,
@@ -182,6 +185,7 @@ class ConsumerWorker:
             )
             self._refresh_lag()
             if polled:
+                self.summary.clock("poll", time.perf_counter() - polling)
                 idle_polls = 0
                 batch = self.prepare(polled)
                 if self.settings.write_behind:
@@ -212,15 +216,19 @@ class ConsumerWorker:
 
     def prepare(self, polled: Polled) -> Batch:
         """Decode a polled batch (pure) and stamp its partitions' epochs."""
+        clocked = time.perf_counter()
         started = datetime.now(UTC)
         self.summary.messages += sum(len(batch) for batch in polled.values())
         decoded = self.decoder.decode(polled, started)
-        return Batch(decoded, started, self.checkpoint.stamp(polled))
+        batch = Batch(decoded, started, self.checkpoint.stamp(polled))
+        self.summary.clock("decode", time.perf_counter() - clocked)
+        return batch
 
     def write(
         self, batch: Batch, storage: Storage, dlq: DeadLetterWriter, retrier: Retrier
     ) -> Written:
         """Make a batch durable: its dead letters acknowledged, its records stored."""
+        clocked = time.perf_counter()
         decoded = batch.decoded
         sink = DatabaseSink(storage, self.policy)
         # Dead letters first: the offset never moves past a message that is neither
@@ -232,14 +240,17 @@ class ConsumerWorker:
         )
         pending = list(refused)
         retrier.run(lambda: dlq.write(pending), "dead-letter write")
+        self.summary.clock("store", time.perf_counter() - clocked)
         return results, refused
 
     def finish(self, batch: Batch, written: Written) -> None:
         """After the batch is durable: advance and commit its offsets, count it."""
         results, refused = written
         decoded = batch.decoded
+        clocked = time.perf_counter()
         self.checkpoint.advance(decoded.last, batch.epochs)
         self.commit_pending()
+        self.summary.clock("commit", time.perf_counter() - clocked)
         self._count(results, [*decoded.letters, *refused], decoded.expired)
         self.metrics.ingest_batch_duration.observe(
             (datetime.now(UTC) - batch.started).total_seconds()

@@ -39,6 +39,12 @@ class CategoryCounts:
         }
 
 
+# Where a worker's time went: polling Kafka (polls that returned records), decoding,
+# storing (dead letters and the database; on the writer thread with write-behind),
+# waiting for the writer, committing offsets. Of several workers, the sum.
+STAGES = ("poll", "decode", "store", "wait", "commit")
+
+
 @dataclass
 class IngestSummary:
     """Per-category counts of one worker (or of several, added up)."""
@@ -46,6 +52,11 @@ class IngestSummary:
     categories: dict[str, CategoryCounts] = field(default_factory=dict)
     messages: int = 0
     assigned_partitions: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def clock(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` to ``stage`` (each stage is clocked by one thread only)."""
+        self.seconds[stage] += seconds
 
     def counts(self, category: str) -> CategoryCounts:
         """The counts of ``category``, created on first use."""
@@ -55,6 +66,8 @@ class IngestSummary:
         """Add ``other`` into this."""
         self.messages += other.messages
         self.assigned_partitions = max(self.assigned_partitions, other.assigned_partitions)
+        for stage, seconds in other.seconds.items():
+            self.clock(stage, seconds)
         for name, counts in other.categories.items():
             self.counts(name).add(counts)
 
@@ -63,4 +76,5 @@ class IngestSummary:
         return {
             "messages": self.messages,
             "categories": {n: c.as_dict() for n, c in sorted(self.categories.items())},
+            "seconds": {stage: round(s, 3) for stage, s in self.seconds.items()},
         }

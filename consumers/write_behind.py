@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -45,6 +46,7 @@ class WriteBehind(Generic[T, R]):
 
     ``halt`` is the writer's own stop flag (its retrier waits on it): set when the
     worker stops, so that a writer retrying an outage gives up with ``Stopping``.
+    ``waited`` is told how long each settle waited for the writer.
     """
 
     def __init__(
@@ -55,12 +57,14 @@ class WriteBehind(Generic[T, R]):
         stop: threading.Event,
         halt: threading.Event,
         name: str,
+        waited: Callable[[float], None] = lambda _seconds: None,
     ) -> None:
         self._write = write
         self._finish = finish
         self._stop = stop
         self._halt = halt
         self._name = name
+        self._waited = waited
         self._in_flight: _InFlight[T, R] | None = None
 
     @property
@@ -90,9 +94,11 @@ class WriteBehind(Generic[T, R]):
         job = self._in_flight
         if job is None:
             return
+        started = time.perf_counter()
         while not job.done.wait(_STOP_CHECK_SECONDS):
             if self._stop.is_set():
                 self._halt.set()
+        self._waited(time.perf_counter() - started)
         self._in_flight = None
         if job.error is not None:
             raise job.error

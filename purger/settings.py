@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     write_behind: bool = Field(
         True,
         description="store a batch on a writer thread while the next one is polled and "
-        "decoded (offsets still move only after the database commit)",
+        "decoded (offsets still move only after the database commit); off is faster only "
+        "where the workers and PostgreSQL already keep every core busy",
     )
     http_host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
     http_port: int = Field(9108, ge=0, le=65535, description="port of the HTTP endpoints")

@@ -19,6 +19,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from consumers.deadletter import DeadLetterWriter
 from consumers.kafka_config import consumer_options, producer_options
 from consumers.loop import ConsumerWorker, _Rebalance
+from consumers.service import consume
+from consumers.summary import STAGES
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
 from purger.storage import Storage
@@ -151,3 +153,32 @@ def test_a_stopped_worker_commits_the_batch_its_writer_stored(
     committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
     assert committed == {p: PER_PARTITION for p in range(4)}
     assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
+
+
+@pytest.mark.parametrize(("write_behind", "workers"), [(True, 1), (False, 1), (True, 2)])
+def test_the_summary_says_where_the_time_went(
+    write_behind: bool,
+    workers: int,
+    make_settings: SettingsFactory,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+) -> None:
+    settings = make_settings(batch_max_records=5, write_behind=write_behind)
+    _send(producer, topics["cdr"], "clock")
+    summary = consume(
+        settings,
+        policy,
+        ingest_metrics(policy),
+        threading.Event(),
+        until_idle=True,
+        workers=workers,
+    )
+    assert summary["errors"] == []
+    assert summary["categories"]["cdr"]["stored"] == 4 * PER_PARTITION
+    seconds = summary["seconds"]
+    assert set(seconds) == set(STAGES)
+    for stage in ("poll", "decode", "store", "commit"):
+        assert seconds[stage] > 0, (stage, seconds)
+    # Only a worker with a writer thread waits for it.
+    assert (seconds["wait"] > 0) is write_behind, seconds
