@@ -30,7 +30,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from purger import audit, audit_entries, held_storage, request_entries, subject_requests
+from purger import audit, held_storage, request_entries, subject_requests
 from purger.audit_entries import PolicyRef
 from purger.db import wrap_errors
 from purger.erasure_report import (
@@ -46,6 +46,7 @@ from purger.policy import RetentionPolicy
 from purger.queries import query
 from purger.stored_records import record_tables
 from purger.subject_requests import SubjectRequest
+from purger.vacuum import vacuum_audited
 
 log = logging.getLogger("purger.erasure")
 
@@ -224,18 +225,9 @@ def vacuum(conn: psycopg.Connection[Any], report: ErasureReport) -> None:
     for name, category in report.categories.items():
         for table, rows in category.tables.items():
             try:
-                with wrap_errors(f"vacuum {table}"):
-                    conn.execute(_q("vacuum_table", table=sql.Identifier(table)))
-                    with conn.transaction():
-                        audit.record(
-                            conn,
-                            audit_entries.partition_vacuumed(
-                                pass_id=report.pass_id,
-                                category=name,
-                                partition=table,
-                                rows_deleted=rows,
-                            ),
-                        )
+                vacuum_audited(
+                    conn, table, pass_id=report.pass_id, category=name, rows=rows, analyze=True
+                )
             except StorageError as exc:
                 report.vacuum_problems.append(str(exc))
 

@@ -40,6 +40,7 @@ from purger.purge_report import (
     interruption,
 )
 from purger.queries import query, template
+from purger.vacuum import vacuum_audited
 
 log = logging.getLogger("purger.purge")
 
@@ -148,29 +149,18 @@ class BoundaryPurge:
         return n, str(row[3])
 
     def _vacuum(self, action: PartitionAction) -> tuple[str, str] | None:
-        # The deletes are committed and audited: a vacuum that fails never undoes them,
-        # it only names the category's outcome (an interruption is returned, any other
-        # error propagates as a failure). VACUUM cannot run in a transaction block: the
-        # connection is in autocommit. INDEX_CLEANUP ON: index entries (the GIN index
-        # holds subject keys) go too, not only the heap tuples. No ANALYZE: it cost as
-        # much as the vacuum itself and serves only the planner's estimates, which
-        # autovacuum's analyze refreshes once a tenth of the rows changed.
-        pname, rows = action.partition, action.rows + action.held
+        # A vacuum that fails only names the category's outcome (an interruption is
+        # returned, any other error propagates as a failure).
         try:
-            with wrap_errors(f"vacuum partition {pname}"):
-                self.conn.execute(
-                    sql.SQL("VACUUM (INDEX_CLEANUP ON) {}").format(sql.Identifier("purger", pname))
-                )
-                with self.conn.transaction():
-                    audit.record(
-                        self.conn,
-                        audit_entries.partition_vacuumed(
-                            pass_id=self.of.pass_id,
-                            category=self.of.category,
-                            partition=pname,
-                            rows_deleted=rows,
-                        ),
-                    )
+            vacuum_audited(
+                self.conn,
+                action.partition,
+                pass_id=self.of.pass_id,
+                category=self.of.category,
+                rows=action.rows + action.held,
+                analyze=False,
+                kind="partition",
+            )
         except StorageError as exc:
             status = interruption(exc)
             if status is None:

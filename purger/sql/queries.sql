@@ -458,3 +458,11 @@ ORDER BY r.expires_at, r.record_id;
 SELECT recorded_at FROM purger.audit_log
  WHERE kind = %(kind)s AND content->>'outcome' = ANY(%(outcomes)s::text[])
  ORDER BY seq DESC LIMIT 1;
+
+-- name: vacuum_table
+-- After row deletes (purger/vacuum.py): INDEX_CLEANUP ON, so that the index entries
+-- (the GIN index holds subject keys) go too, not only the heap tuples.
+VACUUM (INDEX_CLEANUP ON) purger.{table};
+
+-- name: vacuum_analyze_table
+VACUUM (ANALYZE, INDEX_CLEANUP ON) purger.{table};

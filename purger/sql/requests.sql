@@ -128,6 +128,3 @@ WHERE r.subject_keys && %(keys)s::text[];
 
 -- name: table_exists
 SELECT to_regclass(format('purger.%%I', %(name)s::text)) IS NOT NULL;
-
--- name: vacuum_table
-VACUUM (ANALYZE, INDEX_CLEANUP ON) purger.{table};
