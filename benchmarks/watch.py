@@ -122,6 +122,10 @@ class ConsumerWatch:
                 if self._stop.wait(self.interval):
                     break
             self._sample_memory()
+            if self.all_committed_at is None:
+                # A last commit just before the process exited, between two samples:
+                # seen now, after the exit (a later end, never an earlier one).
+                self._sample_offsets(admin)
         finally:
             admin.close()
 

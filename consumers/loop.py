@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -176,13 +177,13 @@ class ConsumerWorker:
         while not self.stop.is_set():
             self.beat()
             polling = time.perf_counter()
-            polled = self.retrier.run(
-                lambda: consumer.poll(
-                    timeout_ms=self.settings.poll_timeout_ms,
-                    max_records=self.settings.batch_max_records,
-                ),
-                "poll",
+            # With a batch in flight, only what is already fetched: when nothing is, the
+            # batch is settled and its offsets committed now, not a poll timeout later.
+            timeout = 0 if behind.busy else self.settings.poll_timeout_ms
+            poll = partial(
+                consumer.poll, timeout_ms=timeout, max_records=self.settings.batch_max_records
             )
+            polled = self.retrier.run(poll, "poll")
             self._refresh_lag()
             if polled:
                 self.summary.clock("poll", time.perf_counter() - polling)
@@ -192,8 +193,10 @@ class ConsumerWorker:
                     behind.submit(batch)
                 else:
                     self.finish(batch, self.write(batch, storage, dlq, self.retrier))
-            else:
+            elif behind.busy:
                 behind.settle()
+                continue
+            else:
                 # Offsets left pending by a commit during an outage go out when idle too.
                 self.commit_pending()
                 if self.until_idle:

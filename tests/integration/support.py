@@ -21,6 +21,7 @@ from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from consumers.kafka_config import consumer_options
 from purger.metrics import Metrics
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
@@ -194,3 +195,24 @@ def running_purger(
         yield base, proc
     finally:
         stop(proc)
+
+
+def second_member(
+    settings: Settings, topic: str, first: KafkaConsumer, members: list[KafkaConsumer]
+) -> KafkaConsumer:
+    """A second member of ``first``'s group, returned once both own part of ``topic``.
+
+    Both are polled meanwhile, so that ``first`` runs its rebalance (and listener).
+    The new member is appended to ``members`` first, for the caller to close.
+    """
+    second = KafkaConsumer(**consumer_options(settings))
+    members.append(second)
+    second.subscribe(topics=[topic])
+
+    def shared() -> bool:
+        first.poll(timeout_ms=100)
+        second.poll(timeout_ms=100)
+        return bool(first.assignment()) and bool(second.assignment())
+
+    wait_until(shared, what="the partitions shared by both members")
+    return second

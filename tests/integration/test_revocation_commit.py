@@ -20,7 +20,12 @@ from consumers.kafka_config import consumer_options
 from consumers.loop import ConsumerWorker, _Rebalance
 from purger.policy import RetentionPolicy
 from purger.settings import Settings
-from tests.integration.support import committed_offsets, ingest_metrics, wait_until
+from tests.integration.support import (
+    committed_offsets,
+    ingest_metrics,
+    second_member,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -55,17 +60,8 @@ def test_a_revocation_commits_the_durable_offsets_on_the_io_thread(
     durable = {TopicPartition(topic, p): 10 * p + 4 for p in range(4)}
     worker.checkpoint.advance(durable)
 
-    second = KafkaConsumer(**consumer_options(settings))
-    members.append(second)
-    second.subscribe(topics=[topic])
-
-    def shared() -> bool:
-        first.poll(timeout_ms=100)
-        second.poll(timeout_ms=100)
-        return bool(first.assignment()) and bool(second.assignment())
-
     with caplog.at_level(logging.WARNING):
-        wait_until(shared, what="the partitions shared by both members")
+        second_member(settings, topic, first, members)
 
     moved = {tp for tp in durable if tp not in first.assignment()}
     assert moved, "the second member got nothing from the first"

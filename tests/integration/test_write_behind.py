@@ -25,7 +25,13 @@ from purger.policy import RetentionPolicy
 from purger.settings import Settings
 from purger.storage import Storage
 from tests.integration.conftest import SettingsFactory
-from tests.integration.support import committed_offsets, count_rows, ingest_metrics, wait_until
+from tests.integration.support import (
+    committed_offsets,
+    count_rows,
+    ingest_metrics,
+    second_member,
+    wait_until,
+)
 from tests.integration.test_ingest import message
 
 pytestmark = pytest.mark.integration
@@ -84,16 +90,7 @@ def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_b
         dlq_producer.close()
     assert count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION
 
-    second = KafkaConsumer(**consumer_options(settings))
-    members.append(second)
-    second.subscribe(topics=[topic])
-
-    def shared() -> bool:
-        first.poll(timeout_ms=100)
-        second.poll(timeout_ms=100)
-        return bool(first.assignment()) and bool(second.assignment())
-
-    wait_until(shared, what="the partitions shared by both members")
+    second = second_member(settings, topic, first, members)
     moved = set(second.assignment())
     assert moved and moved.isdisjoint(first.assignment())
 
@@ -182,3 +179,36 @@ def test_the_summary_says_where_the_time_went(
         assert seconds[stage] > 0, (stage, seconds)
     # Only a worker with a writer thread waits for it.
     assert (seconds["wait"] > 0) is write_behind, seconds
+
+
+def test_the_last_batch_is_committed_at_once_not_a_poll_timeout_later(
+    make_settings: SettingsFactory,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+) -> None:
+    # While a batch is in flight the worker only takes what is already fetched; with
+    # nothing there it settles the batch and commits, instead of waiting out a poll
+    # that would only return when more records arrive (here: never, within the test).
+    settings = make_settings(batch_max_records=7, poll_timeout_ms=15_000)
+    topic = topics["cdr"]
+    _send(producer, topic, "prompt")
+    stop = threading.Event()
+    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), stop)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: (
+                committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
+                == {p: PER_PARTITION for p in range(4)}
+            ),
+            timeout=10,
+            what="every offset committed while the worker's poll would still be waiting",
+        )
+    finally:
+        stop.set()
+        # Its poll waits out the 15 s before it sees the stop flag.
+        thread.join(60)
+    assert not thread.is_alive()
+    assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
