@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 import yaml
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from psycopg import sql
 
@@ -239,6 +239,19 @@ def topics(services: Services, policy: RetentionPolicy) -> Iterator[dict[str, st
             admin.delete_topics(names)
         finally:
             admin.close()
+
+
+@pytest.fixture
+def members(topics: dict[str, str]) -> Iterator[list[KafkaConsumer]]:
+    """Consumers a test makes by hand (group members), closed without a commit after it.
+
+    ``topics`` first: the members' topics exist before they subscribe, and are deleted
+    only after the members are closed.
+    """
+    made: list[KafkaConsumer] = []
+    yield made
+    for consumer in made:
+        consumer.close(autocommit=False)
 
 
 @pytest.fixture

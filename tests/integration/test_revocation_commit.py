@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -26,15 +25,6 @@ from tests.integration.support import (
     second_member,
     wait_until,
 )
-
-
-@pytest.fixture
-def members(topics: dict[str, str]) -> Iterator[list[KafkaConsumer]]:
-    # ``topics`` first: the members' topic exists before they subscribe.
-    made: list[KafkaConsumer] = []
-    yield made
-    for consumer in made:
-        consumer.close(autocommit=False)
 
 
 def test_a_revocation_commits_the_durable_offsets_on_the_io_thread(

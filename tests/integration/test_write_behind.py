@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,12 +41,17 @@ RECENT = datetime.now(UTC) - timedelta(hours=1)
 PER_PARTITION = 10
 
 
-@pytest.fixture
-def members(topics: dict[str, str]) -> Iterator[list[KafkaConsumer]]:
-    made: list[KafkaConsumer] = []
-    yield made
-    for consumer in made:
-        consumer.close(autocommit=False)
+@contextmanager
+def _running(worker: ConsumerWorker) -> Iterator[None]:
+    """``worker`` on a thread of its own; stopped, and found stopped, after."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
 
 
 def _send(producer: KafkaProducer, topic: str, prefix: str) -> None:
@@ -134,19 +140,12 @@ def test_a_stopped_worker_commits_the_batch_its_writer_stored(
     settings = make_settings(batch_max_records=7, write_behind=write_behind)
     topic = topics["cdr"]
     _send(producer, topic, "stop")
-    stop = threading.Event()
-    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), stop)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), threading.Event())
+    with _running(worker):
         wait_until(
             lambda: count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION,
             what="every record stored",
         )
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive()
     committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
     assert committed == {p: PER_PARTITION for p in range(4)}
     assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
@@ -193,11 +192,9 @@ def test_the_last_batch_is_committed_at_once_not_a_poll_timeout_later(
     settings = make_settings(batch_max_records=7, poll_timeout_ms=15_000)
     topic = topics["cdr"]
     _send(producer, topic, "prompt")
-    stop = threading.Event()
-    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), stop)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), threading.Event())
+    # On the way out its poll waits out the 15 s before it sees the stop flag.
+    with _running(worker):
         wait_until(
             lambda: (
                 committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
@@ -206,9 +203,4 @@ def test_the_last_batch_is_committed_at_once_not_a_poll_timeout_later(
             timeout=10,
             what="every offset committed while the worker's poll would still be waiting",
         )
-    finally:
-        stop.set()
-        # Its poll waits out the 15 s before it sees the stop flag.
-        thread.join(60)
-    assert not thread.is_alive()
     assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
