@@ -93,7 +93,6 @@ class ConsumerWorker:
         *,
         until_idle: bool = False,
         worker_id: int = 0,
-        on_batch: Callable[[], None] | None = None,
         beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
@@ -102,7 +101,6 @@ class ConsumerWorker:
         self.stop = stop
         self.until_idle = until_idle
         self.worker_id = worker_id
-        self.on_batch = on_batch
         self.beat = beat
         self.by_topic: dict[str, Category] = policy.by_topic()
         self.summary = IngestSummary()
@@ -259,8 +257,6 @@ class ConsumerWorker:
             (datetime.now(UTC) - batch.started).total_seconds()
         )
         self.beat()
-        if self.on_batch is not None:
-            self.on_batch()
 
     def _count(
         self,

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 log = logging.getLogger("purger.consumer")
 
@@ -105,7 +105,7 @@ class WriteBehind(Generic[T, R]):
         self._in_flight = None
         if job.error is not None:
             raise job.error
-        self._finish(job.batch, job.result)  # type: ignore[arg-type]
+        self._finish(job.batch, cast(R, job.result))
 
     def drain(self) -> None:
         """On the way out: stop a writer that retries, wait for it, finish what it stored.
@@ -117,15 +117,13 @@ class WriteBehind(Generic[T, R]):
             return
         self._halt.set()
         try:
-            self.settle()
+            self.settle()  # forgets the batch whatever its outcome
         except Exception as exc:
             # Named by class only: a driver's message may quote data.
             log.warning(
                 "the batch in flight was not stored (%s); it will be redelivered",
                 exc.__class__.__name__,
             )
-        finally:
-            self._in_flight = None
 
 
 __all__ = ["WriteBehind"]
