@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from purger import applied_rules, held_storage, migrations, policy_versions
 from purger.applied_rules import AppliedRules
@@ -34,22 +33,10 @@ from purger.partitions import (
 from purger.partitions import parent_table as parent_of
 from purger.policy import RetentionPolicy
 from purger.queries import query, template
-from purger.records import Record, jsonb_text
+from purger.records import Record
+from purger.staging_rows import COPY_TYPES, use_fast_dumpers
 
 log = logging.getLogger("purger.storage")
-
-_COPY_TYPES = [
-    "text",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "text[]",
-    "jsonb",
-    "jsonb",
-    "text",
-    "int4",
-    "int8",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,9 +347,10 @@ class Storage:
         positions: Mapping[int, int],
     ) -> None:
         with conn.cursor() as cur:
+            use_fast_dumpers(cur)
             copy_sql = template("copy_staging", staging=staging)
             with cur.copy(sql.SQL("{} (FORMAT BINARY)").format(copy_sql)) as copy:
-                copy.set_types(_COPY_TYPES)
+                copy.set_types(COPY_TYPES)
                 for item in items:
                     rec = item.record
                     try:
@@ -372,9 +360,9 @@ class Storage:
                                 rec.tenant,
                                 rec.occurred_at,
                                 item.expires_at,
-                                rec.subject_keys,
-                                Jsonb(rec.subjects, jsonb_text),
-                                Jsonb(rec.payload, jsonb_text),
+                                rec.subjects,  # dumped as its subject keys
+                                rec.subjects,
+                                rec.payload,
                                 item.topic,
                                 item.partition,
                                 item.offset,

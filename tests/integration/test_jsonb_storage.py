@@ -3,7 +3,8 @@
 Storage._copy writes jsonb with orjson where it can (purger/records.py jsonb_text);
 psycopg wrote it with json.dumps before. For awkward payloads (floats of every scale,
 integers past 64 bits, any Unicode, nesting), what the database holds is compared with
-what it makes of json.dumps's text.
+what it makes of json.dumps's text. The subject keys, which the COPY's own array dumper
+writes (purger/staging_rows.py), are compared with ``Record.subject_keys``.
 """
 
 from __future__ import annotations
@@ -53,13 +54,20 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
     return {f"k{n}é": _random_value(rng, depth + 1) for n in range(rng.randrange(4))}
 
 
-def _envelope(policy: RetentionPolicy, n: int, payload: dict[str, Any]) -> Envelope:
+def _envelope(
+    policy: RetentionPolicy,
+    n: int,
+    payload: dict[str, Any],
+    subjects: dict[str, list[str]] | None = None,
+) -> Envelope:
     occurred = datetime.now(UTC) - timedelta(hours=1)
     record = Record(
         record_id=f"jsonb-{n}",
         occurred_at=occurred,
         tenant="t1",
-        subjects={"cookie_id": [f"c-{n}-é😀"], "msisdn": ["+31612345678"]},
+        subjects={"cookie_id": [f"c-{n}-é😀"], "msisdn": ["+31612345678"]}
+        if subjects is None
+        else subjects,
         payload=payload,
     )
     return Envelope(record, policy.category("cdr").expires_at("t1", occurred), "t", 0, n)
@@ -96,3 +104,57 @@ def test_what_jsonb_cannot_hold_is_still_refused(
     items = [_envelope(policy, 0, {"ok": 1}), _envelope(policy, 1, payload)]
     with Storage(database, policy, timedelta(hours=1)) as storage, pytest.raises(RecordRefused):
         storage.store({"cdr": items})
+
+
+def _random_subjects(rng: random.Random) -> dict[str, list[str]]:
+    kinds = rng.sample(["msisdn", "imsi", "ip", "email", "cookie_id", "x_custom"], rng.randrange(4))
+    return {
+        kind: [
+            "".join(
+                chr(rng.choice([rng.randrange(0x20, 0x7F), 0xE9, 0x1F600, 0x4E2D]))
+                for _ in "x" * rng.randrange(1, 300)
+            )
+            for _ in range(rng.randrange(5))
+        ]
+        for kind in kinds
+    }
+
+
+def test_stored_subject_keys_are_the_records(database: str, policy: RetentionPolicy) -> None:
+    rng = random.Random(20261204)
+    shapes: list[dict[str, list[str]]] = [
+        {},
+        {"msisdn": []},
+        {"cookie_id": [f"c{n}" for n in range(1000)]},
+        {"email": ["ä@é.nl"], "ip": ["2001:db8::1"]},
+    ]
+    shapes += [_random_subjects(rng) for _ in range(300)]
+    items = [_envelope(policy, n, {}, s) for n, s in enumerate(shapes)]
+    with Storage(database, policy, timedelta(hours=1)) as storage:
+        assert storage.store({"cdr": items})["cdr"].inserted == len(items)
+    table = sql.Identifier("purger", parent_table("cdr"))
+    with psycopg.connect(database) as conn:
+        stored = dict(
+            conn.execute(sql.SQL("SELECT record_id, subject_keys FROM {}").format(table)).fetchall()
+        )
+    assert len(stored) == len(items)
+    for item in items:
+        assert stored[item.record.record_id] == item.record.subject_keys
+
+
+def test_a_subject_key_utf8_cannot_carry_is_refused(database: str, policy: RetentionPolicy) -> None:
+    items = [
+        _envelope(policy, 0, {}),
+        _envelope(
+            policy,
+            1,
+            {},
+            {"cookie_id": ["lone " + chr(0xD800) + " surrogate"]},
+        ),
+    ]
+    with (
+        Storage(database, policy, timedelta(hours=1)) as storage,
+        pytest.raises(RecordRefused) as info,
+    ):
+        storage.store({"cdr": items})
+    assert info.value.index == 1

@@ -1,0 +1,93 @@
+"""A staged row in PostgreSQL's binary COPY format: the column types and two fast dumpers.
+
+psycopg dumps a ``text[]`` through its generic list dumper (dimensions, nulls and a
+dumper per element, in Python) and a jsonb through a ``Jsonb`` wrapper made per
+value. Ingestion dumps two jsonb values and one key array for every record, on the
+worker's hot path, so the COPY of the staging table uses the two dumpers below
+instead: registered by type oid on the COPY's own cursor, they apply to that COPY
+only. They write exactly the bytes PostgreSQL's ``array_recv`` and ``jsonb_recv``
+read (tests/integration/test_jsonb_storage.py stores every shape through them), and
+an error raised while dumping a value is the record's, as before
+(``Storage._copy`` turns it into RecordRefused).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from psycopg import Cursor, postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+
+from purger.identifiers import subject_key
+from purger.records import jsonb_text
+
+_TEXT_OID = postgres.types["text"].oid
+_TEXT_ARRAY_OID = postgres.types["text"].array_oid
+_JSONB_OID = postgres.types["jsonb"].oid
+
+# The staging table's columns as copy_staging names them, in order.
+COPY_TYPES = [
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "text[]",
+    "jsonb",
+    "jsonb",
+    "text",
+    "int4",
+    "int8",
+]
+
+# array_recv's header: dimensions, has-nulls flag, element type; then per dimension
+# its length and lower bound. No dimension at all is the empty array.
+_EMPTY_ARRAY = struct.pack("!iiI", 0, 0, _TEXT_OID)
+_ONE_DIMENSION = struct.Struct("!iiIii")
+_LENGTH = struct.Struct("!i")
+# jsonb_recv's version byte, then the JSON text.
+_JSONB_VERSION = b"\x01"
+
+
+class SubjectKeysDumper(Dumper):
+    """A record's ``subjects`` as the ``text[]`` of its look-up keys (``Record.subject_keys``)."""
+
+    oid = _TEXT_ARRAY_OID
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        """The binary array of ``kind:value`` keys, in ``Record.subject_keys`` order."""
+        keys = [
+            subject_key(kind, v).encode("utf-8") for kind, values in obj.items() for v in values
+        ]
+        if not keys:
+            return _EMPTY_ARRAY
+        parts = [_ONE_DIMENSION.pack(1, 0, _TEXT_OID, len(keys), 1)]
+        for key in keys:
+            parts.append(_LENGTH.pack(len(key)))
+            parts.append(key)
+        return b"".join(parts)
+
+
+class JsonbDumper(Dumper):
+    """A decoded JSON value as binary jsonb, written by ``records.jsonb_text``."""
+
+    oid = _JSONB_OID
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        """The version byte and the JSON text."""
+        text = jsonb_text(obj)
+        # json.dumps (jsonb_text's fallback) escapes every non-ASCII character.
+        return _JSONB_VERSION + (text if isinstance(text, bytes) else text.encode("utf-8"))
+
+
+def use_fast_dumpers(cursor: Cursor[Any]) -> None:
+    """Make a COPY on ``cursor`` with COPY_TYPES dump ``text[]`` and jsonb as above.
+
+    Registered without a Python type: psycopg uses them only where a COPY's
+    set_types names the oid, so no parameter of another statement is affected.
+    """
+    cursor.adapters.register_dumper(None, SubjectKeysDumper)
+    cursor.adapters.register_dumper(None, JsonbDumper)
