@@ -14,15 +14,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from psycopg import sql
 
 from consumers.deadletter import DeadLetterWriter
 from consumers.kafka_config import consumer_options, producer_options
 from consumers.loop import ConsumerWorker, _Rebalance
 from consumers.service import consume
 from consumers.summary import STAGES
+from purger.partitions import parent_table
 from purger.policy import RetentionPolicy
+from purger.queries import query
 from purger.settings import Settings
 from purger.storage import Storage
 from tests.integration.conftest import SettingsFactory
@@ -126,6 +130,26 @@ def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_b
     assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
 
 
+def _stored_ends(url: str) -> dict[int, int]:
+    """For each source partition, one past the highest offset stored."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT source_partition, max(source_offset) + 1 FROM {} GROUP BY 1").format(
+                sql.Identifier("purger", parent_table("cdr"))
+            )
+        ).fetchall()
+    return {int(p): int(end) for p, end in rows}
+
+
+def _waiting_for_ingest_lock(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
 @pytest.mark.parametrize("write_behind", [True, False])
 def test_a_stopped_worker_commits_the_batch_its_writer_stored(
     write_behind: bool,
@@ -134,21 +158,34 @@ def test_a_stopped_worker_commits_the_batch_its_writer_stored(
     topics: dict[str, str],
     producer: KafkaProducer,
 ) -> None:
-    # Small batches, so that a batch is in flight whenever the worker polls; the worker
-    # is stopped as soon as every record is stored, whatever batch is then in flight.
-    # Without write-behind, the same loop stores on the worker's thread.
+    # The stop comes while a batch is being stored, every time: the ingest lock a purge
+    # takes exclusively holds the first store until the stop is requested. Without
+    # write-behind, the same loop stores on the worker's thread.
     settings = make_settings(batch_max_records=7, write_behind=write_behind)
+    url = settings.conninfo()
     topic = topics["cdr"]
     _send(producer, topic, "stop")
     worker = ConsumerWorker(settings, policy, ingest_metrics(policy), threading.Event())
-    with _running(worker):
-        wait_until(
-            lambda: count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION,
-            what="every record stored",
-        )
+    with psycopg.connect(url) as blocker:
+        blocker.execute(query("ingest_lock_exclusive"), {"category": "cdr"})
+        with _running(worker):
+            wait_until(lambda: _waiting_for_ingest_lock(url), what="a batch waits for the lock")
+            worker.stop.set()
+            blocker.commit()
+    stored = count_rows(url, "cdr")
+    if write_behind:
+        # Every record was produced before the worker started, and a poll takes at most
+        # 7 of a partition's 10: while the first batch waited for the lock, the worker
+        # polled and decoded a second one, which it submits once the first settles and
+        # then sees the stop. That batch is in flight when the loop ends: drain must
+        # wait for its store and commit it.
+        assert 7 < stored <= 2 * 7
+    else:
+        assert stored == 7
     committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
-    assert committed == {p: PER_PARTITION for p in range(4)}
-    assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
+    assert {p: o for p, o in committed.items() if o > 0} == _stored_ends(url)
+    assert sum(committed.values()) == stored
+    assert worker.summary.counts("cdr").stored == stored
 
 
 @pytest.mark.parametrize(("write_behind", "workers"), [(True, 1), (False, 1), (True, 2)])
