@@ -33,6 +33,7 @@ from psycopg import sql
 from purger.policy import RetentionPolicy, load_policy
 from purger.settings import Settings
 from purger.storage import Storage
+from tests.integration.support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY = REPO / "config" / "retention.yaml"
@@ -233,12 +234,27 @@ def topics(services: Services, policy: RetentionPolicy) -> Iterator[dict[str, st
     names = [t for c in policy.categories.values() for t in (c.topic, c.dead_letter_topic)]
     admin.create_topics([NewTopic(t, 4, 1) for t in names])
     try:
+        # Created is not yet known: a consumer whose group is assigned before the broker's
+        # metadata has the topics gets no partition, and keeps none until its metadata
+        # next expires (five minutes).
+        wait_until(lambda: _have_leaders(admin, names), what="leaders of the test's topics")
         yield {name: c.topic for name, c in policy.categories.items()}
     finally:
         try:
             admin.delete_topics(names)
         finally:
             admin.close()
+
+
+def _have_leaders(admin: KafkaAdminClient, names: list[str]) -> bool:
+    """True when every partition of every topic in ``names`` has a leader."""
+    described = admin.describe_topics(names)
+    return len(described) == len(names) and all(
+        t["error_code"] == 0
+        and len(t["partitions"]) == 4
+        and all(p["error_code"] == 0 and p["leader_id"] >= 0 for p in t["partitions"])
+        for t in described
+    )
 
 
 @pytest.fixture
