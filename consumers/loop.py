@@ -160,6 +160,13 @@ class ConsumerWorker:
         stack.callback(consumer.close, autocommit=False)
         stack.callback(self.commit_pending)
         consumer.subscribe(topics=sorted(self.by_topic), listener=_Rebalance(self))
+        # Metadata read now, before the first poll joins the group: the first assignment
+        # is made from it, and kafka-python rejoins once its metadata of the subscribed
+        # topics changes after an assignment. Without this, a worker started just after
+        # its topics were created got an empty first assignment and rejoined (under CPU
+        # load that rejoin was seen to stall for a minute); one whose metadata came just
+        # after its join had its partitions revoked again at once.
+        self.retrier.run(consumer.topics, "read topic metadata")
         dlq = DeadLetterWriter(producer, self.metrics)
         behind: WriteBehind[Batch, Written] = WriteBehind(
             lambda batch: self.write(batch, storage, dlq, self.writer_retrier),

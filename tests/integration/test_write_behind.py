@@ -175,11 +175,13 @@ def test_a_stopped_worker_commits_the_batch_its_writer_stored(
     stored = count_rows(url, "cdr")
     if write_behind:
         # Every record was produced before the worker started, and a poll takes at most
-        # 7 of a partition's 10: while the first batch waited for the lock, the worker
-        # polled and decoded a second one, which it submits once the first settles and
-        # then sees the stop. That batch is in flight when the loop ends: drain must
-        # wait for its store and commit it.
-        assert 7 < stored <= 2 * 7
+        # 7 of a partition's 10: while the first batch waits for the lock, the worker
+        # normally polls and decodes a second one, submits it once the first settles, and
+        # then sees the stop, so drain must wait for that batch and commit it. Under CPU
+        # load its poll (timeout 0 with a batch in flight) may come back empty instead:
+        # it then settles the held batch and stops with none in flight (about 1 run in
+        # 14 with two CPU hogs beside it). Either way what is stored is committed.
+        assert 7 <= stored <= 2 * 7
     else:
         assert stored == 7
     committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
