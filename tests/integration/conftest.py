@@ -234,9 +234,9 @@ def topics(services: Services, policy: RetentionPolicy) -> Iterator[dict[str, st
     names = [t for c in policy.categories.values() for t in (c.topic, c.dead_letter_topic)]
     admin.create_topics([NewTopic(t, 4, 1) for t in names])
     try:
-        # Created is not yet known: a consumer whose group is assigned before the broker's
-        # metadata has the topics gets no partition, and keeps none until its metadata
-        # next expires (five minutes).
+        # Created is not yet served: until every partition has a leader the broker answers
+        # UNKNOWN_TOPIC_OR_PARTITION, and a test's first produce is retried on
+        # NotLeaderForPartition.
         wait_until(lambda: _have_leaders(admin, names), what="leaders of the test's topics")
         yield {name: c.topic for name, c in policy.categories.items()}
     finally:
