@@ -355,13 +355,22 @@ def test_monitoring_values_install_with_the_operator_crds(
         "monitoring.coreos.com_prometheusrules.yaml",
     ):
         kubectl("apply", "--server-side", "-f", str(crd_dir / name))
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/servicemonitors.monitoring.coreos.com",
-        "crd/prometheusrules.monitoring.coreos.com",
-        "--timeout=60s",
-    )
+    # Polled, not `kubectl wait`: right after the apply a CRD may have no status.conditions
+    # yet, and kubectl wait then fails at once ("accessor error: <nil>") instead of waiting.
+    for crd in ("servicemonitors", "prometheusrules"):
+        wait_until(
+            f"CRD {crd} to be established",
+            lambda crd=crd: (
+                kubectl(
+                    "get",
+                    f"crd/{crd}.monitoring.coreos.com",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                ).stdout.strip()
+                == "True"
+            ),
+            60,
+        )
     kubectl("create", "namespace", "monitoring")
     my_values = values(
         infra,
