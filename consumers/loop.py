@@ -45,6 +45,24 @@ from purger.storage import BatchResult, Storage
 
 log = logging.getLogger("purger.consumer")
 
+# How long one wait for the subscribed topics' metadata may last: the stop flag is
+# seen between waits, so this bounds how long a SIGTERM at start-up can go unseen.
+METADATA_WAIT_MS = 5_000
+
+
+def read_subscribed_metadata(consumer: KafkaConsumer, timeout_ms: int = METADATA_WAIT_MS) -> None:
+    """Refresh the metadata of the subscribed topics only, waiting at most ``timeout_ms``.
+
+    Raises kafka-python's ``KafkaTimeoutError`` (an outage to the retrier) when no
+    answer came in time. kafka-python 3.0 (pinned) has no public call for this:
+    ``topics()`` asks for every topic of the cluster and waits with no deadline, so
+    a broker lost at that moment held the worker, SIGTERM unseen, until it returned.
+    These are the internals its ``topics()`` uses, minus the all-topics flag.
+    """
+    update = consumer._cluster.request_update()
+    consumer._net.run(consumer._manager.wait_for, update, timeout_ms)
+
+
 # What a batch's store gives: results by category, dead letters of refused records.
 Written = tuple[dict[str, BatchResult], list[DeadLetter]]
 
@@ -166,7 +184,7 @@ class ConsumerWorker:
         # its topics were created got an empty first assignment and rejoined (under CPU
         # load that rejoin was seen to stall for a minute); one whose metadata came just
         # after its join had its partitions revoked again at once.
-        self.retrier.run(consumer.topics, "read topic metadata")
+        self.retrier.run(partial(read_subscribed_metadata, consumer), "read topic metadata")
         dlq = DeadLetterWriter(producer, self.metrics)
         behind: WriteBehind[Batch, Written] = WriteBehind(
             lambda batch: self.write(batch, storage, dlq, self.writer_retrier),
