@@ -1,7 +1,8 @@
 """The purge pass: everything expired at T destroyed, nothing else touched, all audited.
 
 One pass at a time (the pass lock ``PASS_LOCK``, whoever starts it: the
-scheduler's leader or ``purger purge`` by hand). The pass fixes its instant T
+scheduler's leader or ``purger purge`` by hand), and re-tagging pauses while it
+runs (the re-tag fence, purger/retag.py). The pass fixes its instant T
 under every category's ingest lock, then purges each category in turn
 (purger/purge_category.py) and records its outcome in the audit trail and the
 metrics; its report types and outcome rules are in purger/purge_report.py.
@@ -109,7 +110,7 @@ class Purger:
             started_at=datetime.now(UTC),
         )
         conn: psycopg.Connection[Any] | None = None
-        locked = False
+        locked = fenced = False
         try:
             with wrap_errors("start the purge pass"):
                 conn = self._connect("purge")
@@ -119,6 +120,11 @@ class Purger:
                 report.error = _ANOTHER_PASS
                 return report
             locked = True
+            # Re-tagging (a `purger policy retag` by hand) pauses between its batches
+            # until the pass ends; a batch in flight is waited for (lock_timeout).
+            with wrap_errors("pause re-tagging for the pass"):
+                conn.execute(query("retag_fence_pass"))
+            fenced = True
             with wrap_errors("list retired categories"):
                 retired = set(retirement.retired(conn))
             if categories is None:
@@ -131,7 +137,7 @@ class Purger:
                     conn, self.policy, pass_id=report.pass_id, categories=names
                 )
         except (PurgerError, psycopg.Error) as exc:
-            # Before any category ran (connect, pass lock, instant). Fixing the
+            # Before any category ran (connect, pass lock, re-tag fence, instant). Fixing the
             # instant only waits for ingest transactions (its lock_timeout is the
             # statement_timeout), so either timeout there is contention with ingestion.
             report.outcome = OUTCOME_CONTENDED if interruption(exc) else OUTCOME_FAILURE
@@ -150,6 +156,8 @@ class Purger:
                     # The server drops a closed session's locks only once it notices;
                     # a pass started right after this one must not find it still held.
                     with contextlib.suppress(psycopg.Error):
+                        if fenced:
+                            conn.execute(query("retag_fence_pass_release"))
                         conn.execute(query("unlock"), {"key": PASS_LOCK})
                 conn.close()
             if recorded is not None:

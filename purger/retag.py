@@ -9,10 +9,18 @@ registry's row counts. Ingestion is never blocked: a batch locks only the rows
 it moves, and partitions are created before it, in their own transactions.
 A shortened retention can give a record an expiry in the past: it lands in a
 partition the next pass destroys (legal holds are checked there, as always).
+
+A batch holds the re-tag fence (shared) from its partitions' creation to its move,
+and a purge pass holds it exclusively from start to end: re-tagging pauses during
+a pass. Otherwise a row moved to an expiry at or before the pass's T, into a
+partition the pass had dropped (re-created by the batch) or purged already, would
+outlive the pass, and a pass between a batch's partition creation and its move
+would drop the partition the move needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ from purger import applied_rules, audit
 from purger.applied_rules import AppliedRules
 from purger.audit_entries import Entry, Kind
 from purger.db import wrap_errors
+from purger.errors import LockTimeout
 from purger.partitions import PartitionManager, held_table, keys_table, parent_table
 from purger.queries import query
 
@@ -93,13 +102,51 @@ class Retagger:
             cursor = (progress[1] or _START, progress[2] or "")
         deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         while deadline is None or time.monotonic() < deadline:
-            step = self._batch(rules, cursor, report)
-            if step is None:
-                self._finish(rules, report)
-                return report
+            if not self._enter_fence(category, deadline):
+                break
+            try:
+                step = self._batch(rules, cursor, report)
+                if step is None:
+                    self._finish(rules, report)
+                    return report
+            finally:
+                self._leave_fence()
             cursor = step
         report.remaining = self.stale(category, rules.rule_version)
         return report
+
+    def _enter_fence(self, category: str, deadline: float | None) -> bool:
+        """Take the re-tag fence (shared), waiting while a purge pass runs.
+
+        False when the budget ran out first. Waits in slices of ``lock_timeout_ms`` so
+        that the budget is kept and each wait is visible in the log.
+        """
+        conn = self.conn
+        while True:
+            wait_ms = self.lock_timeout_ms
+            if deadline is not None:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    return False
+                wait_ms = min(wait_ms, left_ms)
+            try:
+                with (
+                    wrap_errors(f"wait for the purge pass to re-tag {category}"),
+                    conn.transaction(),
+                ):
+                    conn.execute(
+                        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_ms}ms"))
+                    )
+                    # Session-level: kept past this transaction, until _leave_fence.
+                    conn.execute(query("retag_fence_batch"))
+                return True
+            except LockTimeout:
+                log.info("re-tagging waits for a purge pass", extra={"category": category})
+
+    def _leave_fence(self) -> None:
+        # A broken connection's session, and its lock, are gone with it.
+        with contextlib.suppress(psycopg.Error), self.conn.transaction():
+            self.conn.execute(query("retag_fence_batch_release"))
 
     def _batch(
         self, rules: AppliedRules, cursor: tuple[datetime, str], report: RetagReport

@@ -251,6 +251,22 @@ SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0));
 -- name: unlock
 SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0));
 
+-- name: retag_fence_pass
+-- Held by a purge pass from before it fixes T to its end: a re-tag batch moving a row
+-- into a partition the pass has dropped (and its ensure re-created) or has already
+-- purged would keep a record expired at T past the pass.
+SELECT pg_advisory_lock(hashtextextended('purger.retag-fence', 0));
+
+-- name: retag_fence_pass_release
+SELECT pg_advisory_unlock(hashtextextended('purger.retag-fence', 0));
+
+-- name: retag_fence_batch
+-- Held shared by a re-tag batch from its partitions' creation to its move.
+SELECT pg_advisory_lock_shared(hashtextextended('purger.retag-fence', 0));
+
+-- name: retag_fence_batch_release
+SELECT pg_advisory_unlock_shared(hashtextextended('purger.retag-fence', 0));
+
 -- name: db_now
 SELECT clock_timestamp();
 
