@@ -23,6 +23,7 @@ from purger.retag import Retagger, RetagReport
 from purger.storage import Storage
 from tests.integration.holds_support import make_purger
 from tests.integration.policy_support import changed_policy, record, rows, store
+from tests.integration.requests_support import waiting_on_a_lock
 from tests.integration.support import wait_until
 
 CATEGORY = "cookie_stats"
@@ -48,16 +49,6 @@ def _retag(database: str, budget_seconds: float | None = None) -> RetagReport:
         return retagger.run(CATEGORY, budget_seconds=budget_seconds)
 
 
-def _waits_for_an_advisory_lock(database: str, application: str) -> bool:
-    with psycopg.connect(database, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = %s",
-            (application,),
-        ).fetchone()
-    return bool(row and row[0])
-
-
 def _versions(database: str) -> set[int]:
     return {version for _occurred, _expires, version, _tenant in rows(database, CATEGORY).values()}
 
@@ -77,12 +68,12 @@ def test_re_tagging_waits_for_a_running_pass_and_then_finishes(
         try:
             passing: Future[PassReport] = pool.submit(make_purger(database, shorter).run_pass)
             wait_until(
-                lambda: _waits_for_an_advisory_lock(database, "purger:purge"),
+                lambda: waiting_on_a_lock(database, "purger:purge"),
                 what="the pass waiting to fix its instant",
             )
             retagging: Future[RetagReport] = pool.submit(_retag, database)
             wait_until(
-                lambda: _waits_for_an_advisory_lock(database, RETAGGER),
+                lambda: waiting_on_a_lock(database, RETAGGER),
                 what="the re-tagging waiting for the pass",
             )
             assert _versions(database) == {1}, "a record was re-tagged while the pass ran"
