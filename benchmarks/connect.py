@@ -258,7 +258,11 @@ def run_connect(
     }
     if rows != total or seconds is None:
         result["problem"] = f"stored {rows} of {total}" + (
-            "" if seconds is not None else ", start or end not observed"
+            ""
+            if seconds is not None
+            else ", start not observed"
+            if first is None
+            else f", end not observed: {watch.end_not_observed()}"
         )
         with contextlib.suppress(OSError):
             tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]

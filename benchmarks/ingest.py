@@ -212,7 +212,11 @@ def run_ours(
     # holds: counted as duplicates, not stored again. Every record stored once is the test.
     if code != 0 or rows != total or seconds is None:
         result["problem"] = f"exit code {code}, {rows} of {total} records in the database" + (
-            "" if seconds is not None else ", start or end not observed"
+            ""
+            if seconds is not None
+            else ", start not observed"
+            if first is None
+            else f", end not observed: {watch.end_not_observed()}"
         )
         # The workspace (and the log file) is removed at the end: keep the tail.
         lines = stderr_path.read_text(encoding="utf-8", errors="replace").splitlines()

@@ -92,6 +92,10 @@ class ConsumerWatch:
     processes: dict[int, ProcessPeak] = field(default_factory=dict)
     first_commit_at: float | None = None
     all_committed_at: float | None = None
+    # What the last offsets sample saw: partitions committed to their end, and failed reads.
+    partitions_at_end: int = 0
+    offset_read_errors: int = 0
+    last_offset_error: str | None = None
     # Set once every partition's committed offset reached its end.
     done: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -122,10 +126,13 @@ class ConsumerWatch:
                 if self._stop.wait(self.interval):
                     break
             self._sample_memory()
-            if self.all_committed_at is None:
-                # A last commit just before the process exited, between two samples:
-                # seen now, after the exit (a later end, never an earlier one).
-                self._sample_offsets(admin)
+            # A last commit just before the process exited, between two samples: seen
+            # now, after the exit (a later end, never an earlier one). Retried, so that
+            # a read failing just then is not taken for offsets left uncommitted.
+            for _ in range(20):
+                if self.all_committed_at is not None or self._sample_offsets(admin):
+                    break
+                time.sleep(0.5)
         finally:
             admin.close()
 
@@ -142,18 +149,30 @@ class ConsumerWatch:
             if cpu is not None:
                 peak.cpu_seconds = max(peak.cpu_seconds, cpu)
 
-    def _sample_offsets(self, admin: KafkaAdminClient) -> None:
+    def _sample_offsets(self, admin: KafkaAdminClient) -> bool:
+        """One read of the group's committed offsets; False when the read failed."""
         try:
             offsets = admin.list_group_offsets({self.group: None}).get(self.group, {})
-        except KafkaError:
-            return
+        except KafkaError as exc:
+            self.offset_read_errors += 1
+            self.last_offset_error = exc.__class__.__name__
+            return False
         now = time.time()
         committed = {tp: meta.offset for tp, meta in offsets.items() if tp in self.ends}
         if self.first_commit_at is None and any(v > 0 for v in committed.values()):
             self.first_commit_at = now
-        if all(committed.get(tp, -1) >= end for tp, end in self.ends.items()):
+        self.partitions_at_end = sum(committed.get(tp, -1) >= end for tp, end in self.ends.items())
+        if self.partitions_at_end == len(self.ends):
             self.all_committed_at = now
             self.done.set()
+        return True
+
+    def end_not_observed(self) -> str:
+        """Why ``all_committed_at`` is None, for a benchmark's problem line."""
+        why = f"{self.partitions_at_end} of {len(self.ends)} partitions committed to their end"
+        if self.offset_read_errors:
+            why += f"; {self.offset_read_errors} offset reads failed ({self.last_offset_error})"
+        return why
 
     def cpu_seconds(self) -> float:
         """CPU seconds used by the whole process tree (as last sampled, up to 0.1 s early)."""
