@@ -11,6 +11,13 @@ A batch stored behind the worker's back (``consumers.write_behind``) may finish
 after its partition was revoked, and even after it came back: an offset advanced
 then could lie behind what another member committed meanwhile. Each partition's
 epoch counts how often it was forgotten; a batch stamped before is not advanced.
+
+Its records are then read again: kafka-python 3 keeps the position of a partition
+that a rebalance revokes and assigns back to the same member, so a partition
+revoked with a batch in flight is sought back, when it comes back, to where what
+the database holds ends (``rewind``). Otherwise that batch's offsets were never
+committed when it held the partition's last records, and a run ``--until-idle``
+ended with them uncommitted.
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ class Checkpoint:
         self.pending: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.epochs: dict[TopicPartition, int] = {}
+        # The first offset handed out of each partition since it was assigned, and
+        # where each partition revoked by the last rebalance is to be read from again.
+        self.handed: dict[TopicPartition, int] = {}
+        self.rewind: dict[TopicPartition, int] = {}
+
+    def hand_out(self, first: Mapping[TopicPartition, int]) -> None:
+        """Note the first offset of each partition in a batch handed out for storing."""
+        for tp, offset in first.items():
+            self.handed.setdefault(tp, offset)
 
     def stamp(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The current epoch of each of ``partitions``, for ``advance(..., stamped=)``."""
@@ -82,6 +98,12 @@ class Checkpoint:
         so every batch it was handed is durable or never stored.
         """
         consumer = self.consumer
+        for tp in revoked:
+            if tp in self.handed:
+                # Where what the database holds ends (committed or not), else where
+                # the first batch handed out began.
+                durable = max(self.pending.get(tp, -1), self.committed.get(tp, -1))
+                self.rewind[tp] = durable if durable >= 0 else self.handed[tp]
         offsets = self._due(revoked)
         if consumer is not None and offsets:
             try:
@@ -127,4 +149,19 @@ class Checkpoint:
         for tp in partitions:
             self.pending.pop(tp, None)
             self.committed.pop(tp, None)
+            self.handed.pop(tp, None)
             self.epochs[tp] = self.epochs.get(tp, 0) + 1
+
+    def rewind_assigned(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Seek partitions assigned back after their revocation to where the database ends.
+
+        Only just after the rebalance that revoked them: a partition that went to
+        another member meanwhile has a fresh position, from the committed offsets.
+        Returns what was sought. Local to the consumer: safe on kafka-python's I/O thread.
+        """
+        rewind, self.rewind = self.rewind, {}
+        sought = {tp: offset for tp, offset in rewind.items() if tp in assigned}
+        if self.consumer is not None:
+            for tp, offset in sought.items():
+                self.consumer.seek(tp, offset)
+        return sought

@@ -96,7 +96,9 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = set(assigned)
         self.worker.ever_assigned |= assigned
-        log.info("partitions assigned", extra={"count": len(assigned)})
+        # A batch in flight at the revocation is not advanced: read its records again.
+        sought = self.worker.checkpoint.rewind_assigned(assigned)
+        log.info("partitions assigned", extra={"count": len(assigned), "sought": len(sought)})
 
 
 class ConsumerWorker:
@@ -246,6 +248,7 @@ class ConsumerWorker:
         started = datetime.now(UTC)
         self.summary.messages += sum(len(batch) for batch in polled.values())
         decoded = self.decoder.decode(polled, started)
+        self.checkpoint.hand_out({tp: batch[0].offset for tp, batch in polled.items() if batch})
         batch = Batch(decoded, started, self.checkpoint.stamp(polled))
         self.summary.clock("decode", time.perf_counter() - clocked)
         return batch

@@ -6,7 +6,9 @@ perhaps assigned again) never advances that partition's offset.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -210,3 +212,65 @@ def test_without_a_revocation_a_stamped_advance_is_a_plain_advance(
         plain.advance({tp: offset})
         stamped.advance({tp: offset}, stamped.stamp([tp]))
     assert plain.pending == stamped.pending
+
+
+class SeekingConsumer:
+    """What Checkpoint asks of a consumer on a revocation and an assignment."""
+
+    def __init__(self) -> None:
+        self.sought: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+
+    async def commit_async(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought[tp] = offset
+
+
+def _revoke(cp: Checkpoint, partitions: set[TopicPartition]) -> None:
+    asyncio.run(cp.commit_revoked(partitions))
+
+
+def test_a_partition_revoked_with_a_batch_in_flight_is_read_again_from_what_is_durable() -> None:
+    cp, consumer = Checkpoint(), SeekingConsumer()
+    cp.consumer = consumer  # type: ignore[assignment]
+    cp.hand_out({TP0: 0, TP1: 0})
+    cp.advance({TP0: 99, TP1: 49}, cp.stamp([TP0, TP1]))
+    # The next batch, 100-199 of TP0 and 50-79 of TP1, is in flight at the revocation.
+    cp.hand_out({TP0: 100, TP1: 50})
+    in_flight = cp.stamp([TP0, TP1])
+    _revoke(cp, {TP0, TP1})
+    assert consumer.committed == {TP0: 100, TP1: 50}
+    # Only TP0 comes back: kafka-python kept its position (200); it is sought to 100.
+    assert cp.rewind_assigned({TP0}) == {TP0: 100}
+    assert consumer.sought == {TP0: 100}
+    cp.advance({TP0: 199, TP1: 79}, in_flight)
+    assert cp.pending == {}
+    # The records read again are advanced under the new epoch, and committed.
+    cp.hand_out({TP0: 100})
+    cp.advance({TP0: 199}, cp.stamp([TP0]))
+    assert cp.pending == {TP0: 200}
+
+
+def test_a_first_batch_in_flight_rewinds_to_its_own_first_offset() -> None:
+    cp, consumer = Checkpoint(), SeekingConsumer()
+    cp.consumer = consumer  # type: ignore[assignment]
+    cp.hand_out({TP0: 40})
+    cp.stamp([TP0])
+    _revoke(cp, {TP0})
+    assert cp.rewind_assigned({TP0, TP1}) == {TP0: 40}
+
+
+def test_a_rewind_applies_only_to_the_assignment_right_after_the_revocation() -> None:
+    cp, consumer = Checkpoint(), SeekingConsumer()
+    cp.consumer = consumer  # type: ignore[assignment]
+    cp.hand_out({TP0: 0})
+    _revoke(cp, {TP0})
+    # TP0 went to another member; when it comes back later its position is fresh.
+    assert cp.rewind_assigned({TP1}) == {}
+    assert cp.rewind_assigned({TP0}) == {}
+    assert consumer.sought == {}
+    # Never handed out since its assignment: nothing to read again.
+    _revoke(cp, {TP1})
+    assert cp.rewind_assigned({TP1}) == {}
