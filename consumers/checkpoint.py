@@ -157,7 +157,10 @@ class Checkpoint:
 
         Only just after the rebalance that revoked them: a partition that went to
         another member meanwhile has a fresh position, from the committed offsets.
-        Returns what was sought. Local to the consumer: safe on kafka-python's I/O thread.
+        That relies on the eager assignors (kafka-python's default; ``consumer_options``
+        sets none), which revoke every partition and call the assignment listener after
+        each rebalance, with no other member reading in between. Returns what was
+        sought. Local to the consumer: safe on kafka-python's I/O thread.
         """
         rewind, self.rewind = self.rewind, {}
         sought = {tp: offset for tp, offset in rewind.items() if tp in assigned}

@@ -52,6 +52,8 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         # the 45 s default during which they all stand still.
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": SESSION_TIMEOUT_MS // 3,
+        # No partition_assignment_strategy: the default, eager assignors are what
+        # Checkpoint.rewind_assigned relies on.
     }
 
 
