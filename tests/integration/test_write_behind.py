@@ -21,7 +21,7 @@ from psycopg import sql
 
 from consumers.deadletter import DeadLetterWriter
 from consumers.kafka_config import consumer_options, producer_options
-from consumers.loop import ConsumerWorker, _Rebalance
+from consumers.loop import Batch, ConsumerWorker, _Rebalance
 from consumers.service import consume
 from consumers.summary import STAGES
 from purger.partitions import parent_table
@@ -65,17 +65,11 @@ def _send(producer: KafkaProducer, topic: str, prefix: str) -> None:
     producer.flush()
 
 
-def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_back(
-    settings: Settings,
-    policy: RetentionPolicy,
-    topics: dict[str, str],
-    producer: KafkaProducer,
-    members: list[KafkaConsumer],
-) -> None:
-    topic = topics["cdr"]
-    _send(producer, topic, "first")
-    metrics = ingest_metrics(policy)
-    worker = ConsumerWorker(settings, policy, metrics, threading.Event())
+def _first_member_read_all(
+    settings: Settings, policy: RetentionPolicy, topic: str, members: list[KafkaConsumer]
+) -> tuple[ConsumerWorker, KafkaConsumer, Batch]:
+    """A worker's group member that has read the whole topic, and that read as a batch."""
+    worker = ConsumerWorker(settings, policy, ingest_metrics(policy), threading.Event())
     first = KafkaConsumer(**consumer_options(settings))
     members.append(first)
     worker.checkpoint.consumer = first
@@ -88,7 +82,20 @@ def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_b
         return sum(len(b) for b in polled.values()) == 4 * PER_PARTITION
 
     wait_until(read_all, what="the first member reading every message")
-    batch = worker.prepare(polled)
+    return worker, first, worker.prepare(polled)
+
+
+def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_back(
+    settings: Settings,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+    members: list[KafkaConsumer],
+) -> None:
+    topic = topics["cdr"]
+    _send(producer, topic, "first")
+    worker, first, batch = _first_member_read_all(settings, policy, topic, members)
+    metrics = worker.metrics
     dlq_producer = KafkaProducer(**producer_options(settings))
     try:
         with Storage(settings.conninfo(), policy, settings.granularity) as storage:
@@ -144,21 +151,8 @@ def test_a_partition_assigned_back_with_its_batch_in_flight_is_read_again_and_co
     # with offsets uncommitted in 6 of 10 runs of the benchmark's backlog.
     topic = topics["cdr"]
     _send(producer, topic, "first")
-    metrics = ingest_metrics(policy)
-    worker = ConsumerWorker(settings, policy, metrics, threading.Event())
-    first = KafkaConsumer(**consumer_options(settings))
-    members.append(first)
-    worker.checkpoint.consumer = first
-    first.subscribe(topics=[topic], listener=_Rebalance(worker))
-    polled: dict[TopicPartition, list[Any]] = {}
-
-    def read_all() -> bool:
-        for tp, batch in first.poll(timeout_ms=200).items():
-            polled.setdefault(tp, []).extend(batch)
-        return sum(len(b) for b in polled.values()) == 4 * PER_PARTITION
-
-    wait_until(read_all, what="the first member reading every message")
-    batch = worker.prepare(polled)
+    worker, first, batch = _first_member_read_all(settings, policy, topic, members)
+    metrics = worker.metrics
     dlq_producer = KafkaProducer(**producer_options(settings))
     try:
         with Storage(settings.conninfo(), policy, settings.granularity) as storage:
