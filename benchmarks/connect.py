@@ -257,13 +257,7 @@ def run_connect(
         "service_cpu_us_per_record": per_record(services, total),
     }
     if rows != total or seconds is None:
-        result["problem"] = f"stored {rows} of {total}" + (
-            ""
-            if seconds is not None
-            else ", start not observed"
-            if first is None
-            else f", end not observed: {watch.end_not_observed()}"
-        )
+        result["problem"] = f"stored {rows} of {total}" + watch.unobserved(first)
         with contextlib.suppress(OSError):
             tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
             result["log_tail"] = (

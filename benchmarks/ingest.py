@@ -211,12 +211,8 @@ def run_ours(
     # A broker restart or a rebalance makes Kafka redeliver what the database already
     # holds: counted as duplicates, not stored again. Every record stored once is the test.
     if code != 0 or rows != total or seconds is None:
-        result["problem"] = f"exit code {code}, {rows} of {total} records in the database" + (
-            ""
-            if seconds is not None
-            else ", start not observed"
-            if first is None
-            else f", end not observed: {watch.end_not_observed()}"
+        result["problem"] = (
+            f"exit code {code}, {rows} of {total} records in the database" + watch.unobserved(first)
         )
         # The workspace (and the log file) is removed at the end: keep the tail.
         lines = stderr_path.read_text(encoding="utf-8", errors="replace").splitlines()

@@ -167,12 +167,16 @@ class ConsumerWatch:
             self.done.set()
         return True
 
-    def end_not_observed(self) -> str:
-        """Why ``all_committed_at`` is None, for a benchmark's problem line."""
+    def unobserved(self, first: float | None) -> str:
+        """What a run's problem line adds when its start (``first``) or end is unknown."""
+        if first is None:
+            return ", start not observed"
+        if self.all_committed_at is not None:
+            return ""
         why = f"{self.partitions_at_end} of {len(self.ends)} partitions committed to their end"
         if self.offset_read_errors:
             why += f"; {self.offset_read_errors} offset reads failed ({self.last_offset_error})"
-        return why
+        return f", end not observed: {why}"
 
     def cpu_seconds(self) -> float:
         """CPU seconds used by the whole process tree (as last sampled, up to 0.1 s early)."""
