@@ -17,7 +17,8 @@ that a rebalance revokes and assigns back to the same member, so a partition
 revoked with a batch in flight is sought back, when it comes back, to where what
 the database holds ends (``rewind``). Otherwise that batch's offsets were never
 committed when it held the partition's last records, and a run ``--until-idle``
-ended with them uncommitted.
+ended with them uncommitted. A partition with nothing in flight keeps its
+position, and the records already fetched for it.
 """
 
 from __future__ import annotations
@@ -44,15 +45,18 @@ class Checkpoint:
         self.pending: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.epochs: dict[TopicPartition, int] = {}
-        # The first offset handed out of each partition since it was assigned, and
-        # where each partition revoked by the last rebalance is to be read from again.
+        # The first offset handed out of each partition since it was assigned, the
+        # offset after the last one handed out (the consumer's position), and where
+        # each partition revoked by the last rebalance is to be read from again.
         self.handed: dict[TopicPartition, int] = {}
+        self.reached: dict[TopicPartition, int] = {}
         self.rewind: dict[TopicPartition, int] = {}
 
-    def hand_out(self, first: Mapping[TopicPartition, int]) -> None:
-        """Note the first offset of each partition in a batch handed out for storing."""
-        for tp, offset in first.items():
-            self.handed.setdefault(tp, offset)
+    def hand_out(self, spans: Mapping[TopicPartition, tuple[int, int]]) -> None:
+        """Note the first and last offset of each partition in a batch handed out for storing."""
+        for tp, (first, last) in spans.items():
+            self.handed.setdefault(tp, first)
+            self.reached[tp] = max(self.reached.get(tp, -1), last + 1)
 
     def stamp(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The current epoch of each of ``partitions``, for ``advance(..., stamped=)``."""
@@ -99,10 +103,11 @@ class Checkpoint:
         """
         consumer = self.consumer
         for tp in revoked:
-            if tp in self.handed:
-                # Where what the database holds ends (committed or not), else where
-                # the first batch handed out began.
-                durable = max(self.pending.get(tp, -1), self.committed.get(tp, -1))
+            # Where what the database holds ends (committed or not), else where the
+            # first batch handed out began. When that is where the consumer stands,
+            # nothing was in flight: its position (and its prefetched records) stay.
+            durable = max(self.pending.get(tp, -1), self.committed.get(tp, -1))
+            if tp in self.handed and durable < self.reached[tp]:
                 self.rewind[tp] = durable if durable >= 0 else self.handed[tp]
         offsets = self._due(revoked)
         if consumer is not None and offsets:
@@ -150,6 +155,7 @@ class Checkpoint:
             self.pending.pop(tp, None)
             self.committed.pop(tp, None)
             self.handed.pop(tp, None)
+            self.reached.pop(tp, None)
             self.epochs[tp] = self.epochs.get(tp, 0) + 1
 
     def rewind_assigned(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:

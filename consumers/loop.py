@@ -248,7 +248,9 @@ class ConsumerWorker:
         started = datetime.now(UTC)
         self.summary.messages += sum(len(batch) for batch in polled.values())
         decoded = self.decoder.decode(polled, started)
-        self.checkpoint.hand_out({tp: batch[0].offset for tp, batch in polled.items() if batch})
+        self.checkpoint.hand_out(
+            {tp: (batch[0].offset, batch[-1].offset) for tp, batch in polled.items() if batch}
+        )
         batch = Batch(decoded, started, self.checkpoint.stamp(polled))
         self.summary.clock("decode", time.perf_counter() - clocked)
         return batch

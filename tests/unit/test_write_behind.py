@@ -235,10 +235,10 @@ def _revoke(cp: Checkpoint, partitions: set[TopicPartition]) -> None:
 def test_a_partition_revoked_with_a_batch_in_flight_is_read_again_from_what_is_durable() -> None:
     cp, consumer = Checkpoint(), SeekingConsumer()
     cp.consumer = consumer  # type: ignore[assignment]
-    cp.hand_out({TP0: 0, TP1: 0})
+    cp.hand_out({TP0: (0, 99), TP1: (0, 49)})
     cp.advance({TP0: 99, TP1: 49}, cp.stamp([TP0, TP1]))
     # The next batch, 100-199 of TP0 and 50-79 of TP1, is in flight at the revocation.
-    cp.hand_out({TP0: 100, TP1: 50})
+    cp.hand_out({TP0: (100, 199), TP1: (50, 79)})
     in_flight = cp.stamp([TP0, TP1])
     _revoke(cp, {TP0, TP1})
     assert consumer.committed == {TP0: 100, TP1: 50}
@@ -248,7 +248,7 @@ def test_a_partition_revoked_with_a_batch_in_flight_is_read_again_from_what_is_d
     cp.advance({TP0: 199, TP1: 79}, in_flight)
     assert cp.pending == {}
     # The records read again are advanced under the new epoch, and committed.
-    cp.hand_out({TP0: 100})
+    cp.hand_out({TP0: (100, 199)})
     cp.advance({TP0: 199}, cp.stamp([TP0]))
     assert cp.pending == {TP0: 200}
 
@@ -256,7 +256,7 @@ def test_a_partition_revoked_with_a_batch_in_flight_is_read_again_from_what_is_d
 def test_a_first_batch_in_flight_rewinds_to_its_own_first_offset() -> None:
     cp, consumer = Checkpoint(), SeekingConsumer()
     cp.consumer = consumer  # type: ignore[assignment]
-    cp.hand_out({TP0: 40})
+    cp.hand_out({TP0: (40, 59)})
     cp.stamp([TP0])
     _revoke(cp, {TP0})
     assert cp.rewind_assigned({TP0, TP1}) == {TP0: 40}
@@ -265,7 +265,7 @@ def test_a_first_batch_in_flight_rewinds_to_its_own_first_offset() -> None:
 def test_a_rewind_applies_only_to_the_assignment_right_after_the_revocation() -> None:
     cp, consumer = Checkpoint(), SeekingConsumer()
     cp.consumer = consumer  # type: ignore[assignment]
-    cp.hand_out({TP0: 0})
+    cp.hand_out({TP0: (0, 9)})
     _revoke(cp, {TP0})
     # TP0 went to another member; when it comes back later its position is fresh.
     assert cp.rewind_assigned({TP1}) == {}
@@ -274,3 +274,15 @@ def test_a_rewind_applies_only_to_the_assignment_right_after_the_revocation() ->
     # Never handed out since its assignment: nothing to read again.
     _revoke(cp, {TP1})
     assert cp.rewind_assigned({TP1}) == {}
+
+
+def test_a_partition_revoked_with_nothing_in_flight_keeps_its_position() -> None:
+    cp, consumer = Checkpoint(), SeekingConsumer()
+    cp.consumer = consumer  # type: ignore[assignment]
+    cp.hand_out({TP0: (0, 99), TP1: (0, 49)})
+    cp.advance({TP0: 99, TP1: 49}, cp.stamp([TP0, TP1]))
+    # TP1's next batch is in flight; all that TP0 handed out is durable.
+    cp.hand_out({TP1: (50, 79)})
+    _revoke(cp, {TP0, TP1})
+    assert cp.rewind_assigned({TP0, TP1}) == {TP1: 50}
+    assert consumer.sought == {TP1: 50}
