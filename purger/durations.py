@@ -41,7 +41,9 @@ class Duration:
         """Return ``instant + self`` in UTC (calendar part first, then the exact part)."""
         if instant.tzinfo is None:
             raise ValueError("naive datetime: an instant needs an offset")
-        return add_months(instant.astimezone(UTC), self.months) + self.exact
+        if instant.tzinfo is not UTC:
+            instant = instant.astimezone(UTC)
+        return add_months(instant, self.months) + self.exact
 
     def approx_timedelta(self) -> timedelta:
         """An upper bound of the duration as a timedelta (31-day months), for planning only."""
@@ -81,5 +83,8 @@ def add_months(instant: datetime, months: int) -> datetime:
     index = instant.year * 12 + (instant.month - 1) + months
     year, month0 = divmod(index, 12)
     month = month0 + 1
-    day = min(instant.day, calendar.monthrange(year, month)[1])
+    day = instant.day
+    # Only days past 28 can fall outside the target month: most skip monthrange.
+    if day > 28:
+        day = min(day, calendar.monthrange(year, month)[1])
     return instant.replace(year=year, month=month, day=day)

@@ -81,6 +81,9 @@ def _parse_msisdn(text: str, default_country_code: int) -> str:
 # inputs are never possible numbers, and the library names their error.
 _INTERNATIONAL_DIGITS = re.compile(r"\+([1-9][0-9]{2,19})", re.ASCII)
 _NATIONAL_DIGITS = re.compile(r"[0-9]{2,20}", re.ASCII)
+# National numbers up to this length are looked up in a table (_Numbering.lengths):
+# past the 17 digits of a possible number and the 20 of _NATIONAL_DIGITS.
+_TABLED_LENGTHS = 22
 # Results of _test_number_length for which phonenumbers.parse keeps the national prefix.
 _KEEP_PREFIX = frozenset(
     (
@@ -120,7 +123,9 @@ def _e164_of_plain_digits(text: str, default_country_code: int) -> str | None:
         match = _INTERNATIONAL_DIGITS.fullmatch(text)
         if match is None:
             return None
-        country_code, national = _split_country_code(match.group(1))
+        digits = match.group(1)
+        country_code, length = _CODE_OF_START[digits[:3]]
+        national = digits[length:]
         numbering = _numbering_for_code(country_code) if country_code else None
     else:
         if _NATIONAL_DIGITS.fullmatch(text) is None:
@@ -139,14 +144,14 @@ def _e164_of_plain_digits(text: str, default_country_code: int) -> str | None:
     if prefix is not None and prefix.match(national):
         metadata = numbering.metadata
         _, stripped, _ = _strip_national_prefix(national, metadata)
-        if _test_number_length(stripped, metadata) not in _KEEP_PREFIX:
+        if numbering.length_result(stripped) not in _KEEP_PREFIX:
             national = stripped
     # The national significant number the library would format: all ASCII digits (its
     # leading zeros kept), at most 17 of them, of a possible length for the country.
     if not (2 <= len(national) <= 17 and national.isascii() and national.isdigit()):
         return None
     possible = _numbering_for_code(country_code)
-    if possible is None or _test_number_length(national, possible.metadata) not in _POSSIBLE:
+    if possible is None or possible.length_result(national) not in _POSSIBLE:
         return None
     return f"+{country_code}{national}"
 
@@ -160,6 +165,14 @@ def _split_country_code(digits: str) -> tuple[int, str]:
     return 0, digits
 
 
+# _split_country_code of every 3-digit start (its only input), as (code, its length).
+_CODE_OF_START = {
+    start: (code, len(start) - len(rest))
+    for start in map(str, range(100, 1000))
+    for code, rest in [_split_country_code(start)]
+}
+
+
 @dataclass(frozen=True, slots=True)
 class _Numbering:
     """A region's metadata as parse reads it, its two prefix patterns compiled once."""
@@ -169,6 +182,16 @@ class _Numbering:
     # national_prefix_for_parsing; None when empty, as the library reads it.
     national_prefix: re.Pattern[str] | None
     international_prefix: re.Pattern[str] | None
+    # _test_number_length of a national number, by its length: the library reads
+    # nothing of the number but its length (for the type it is called with here).
+    lengths: tuple[int, ...]
+
+    def length_result(self, national: str) -> int:
+        """``_test_number_length(national, self.metadata)``, looked up."""
+        if len(national) < len(self.lengths):
+            return self.lengths[len(national)]
+        assert _test_number_length is not None
+        return _test_number_length(national, self.metadata)
 
 
 def _numbering(metadata: PhoneMetadata | None) -> _Numbering | None:
@@ -176,11 +199,13 @@ def _numbering(metadata: PhoneMetadata | None) -> _Numbering | None:
         return None
     national = metadata.national_prefix_for_parsing
     international = metadata.international_prefix
+    test = _test_number_length
     return _Numbering(
         metadata,
         metadata.country_code,
         re.compile(national) if national else None,
         re.compile(international) if international is not None else None,
+        tuple(test("0" * n, metadata) for n in range(_TABLED_LENGTHS)) if test else (),
     )
 
 
@@ -283,7 +308,8 @@ def _normalise(kind: str, raw: str, default_country_code: int) -> str:
     if len(raw) > _SURELY_SHORT and utf8_length(raw) > MAX_IDENTIFIER_BYTES:
         raise IdentifierTooLong(f"{kind} is longer than {MAX_IDENTIFIER_BYTES} bytes in UTF-8")
     if kind == "msisdn":
-        value = normalise_msisdn(raw, default_country_code)
+        # Past normalise_msisdn's own cache: this one just missed for the same input.
+        value = normalise_msisdn.__wrapped__(raw, default_country_code)
     else:
         value = _NORMALISERS.get(kind, normalise_opaque)(raw)
     if len(value) > _SURELY_SHORT and utf8_length(value) > MAX_IDENTIFIER_BYTES:
@@ -291,9 +317,13 @@ def _normalise(kind: str, raw: str, default_country_code: int) -> str:
     return value
 
 
+_KNOWN = frozenset(KNOWN_TYPES)
+
+
 def valid_type(kind: str) -> bool:
     """True when ``kind`` can be used as an identifier type name."""
-    return _TYPE_NAME.fullmatch(kind) is not None
+    # The known names (every message names some) match the pattern: no regex for them.
+    return kind in _KNOWN or _TYPE_NAME.fullmatch(kind) is not None
 
 
 def subject_key(kind: str, value: str) -> str:

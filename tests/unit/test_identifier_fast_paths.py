@@ -18,8 +18,12 @@ from phonenumbers.phonemetadata import PhoneMetadata
 
 from purger.identifiers import (
     _CANONICAL_IPV4,
+    _CODE_OF_START,
     IdentifierError,
     _e164_of_plain_digits,
+    _numbering_for_code,
+    _split_country_code,
+    _test_number_length,
     normalise_ip,
     normalise_msisdn,
 )
@@ -186,6 +190,31 @@ def test_the_common_shapes_take_the_fast_path(raw: str, country: int) -> None:
     fast = _e164_of_plain_digits(text, country)
     assert fast is not None
     assert fast == reference_normalise_msisdn(raw, country)
+
+
+def test_the_length_tables_give_what_the_library_gives() -> None:
+    assert _test_number_length is not None
+    codes = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+    checked = 0
+    for code in codes:
+        numbering = _numbering_for_code(code)
+        if numbering is None:
+            continue
+        for length in range(len(numbering.lengths) + 3):
+            # Different digits of one length: the library must read only the length.
+            for digit in "0259":
+                national = digit * length
+                expected = _test_number_length(national, numbering.metadata)
+                assert numbering.length_result(national) == expected, (code, length)
+                checked += 1
+    assert checked > 200 * 20
+
+
+@settings(max_examples=500, deadline=None)
+@given(digits=st.from_regex(r"[1-9][0-9]{2,19}", fullmatch=True))
+def test_the_country_code_table_gives_what_the_split_gives(digits: str) -> None:
+    code, length = _CODE_OF_START[digits[:3]]
+    assert (code, digits[length:]) == _split_country_code(digits)
 
 
 def reference_normalise_ip(raw: str) -> str:
