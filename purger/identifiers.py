@@ -141,9 +141,9 @@ def _e164_of_plain_digits(text: str, default_country_code: int) -> str | None:
         return None
     prefix = numbering.national_prefix
     # The library strips nothing unless this matches: most numbers skip the call.
-    if prefix is not None and prefix.match(national):
-        metadata = numbering.metadata
-        _, stripped, _ = _strip_national_prefix(national, metadata)
+    matched = prefix.match(national) if prefix is not None else None
+    if matched is not None:
+        stripped = _without_national_prefix(numbering, national, matched)
         if numbering.length_result(stripped) not in _KEEP_PREFIX:
             national = stripped
     # The national significant number the library would format: all ASCII digits (its
@@ -154,6 +154,23 @@ def _e164_of_plain_digits(text: str, default_country_code: int) -> str | None:
     if possible is None or possible.length_result(national) not in _POSSIBLE:
         return None
     return f"+{country_code}{national}"
+
+
+def _without_national_prefix(numbering: _Numbering, national: str, matched: re.Match[str]) -> str:
+    """What ``_maybe_strip_national_prefix_carrier_code`` leaves of ``national``.
+
+    Its steps, with the patterns compiled once, for a region without a transform
+    rule (most regions): the prefix goes unless the number fits the region's
+    pattern with it and not without it. A transform rule is left to the library.
+    """
+    if numbering.transform or _strip_national_prefix is None:
+        assert _strip_national_prefix is not None
+        return _strip_national_prefix(national, numbering.metadata)[1]
+    stripped = national[matched.end() :]
+    general = numbering.general
+    if general is not None and general.fullmatch(national) and not general.fullmatch(stripped):
+        return national
+    return stripped
 
 
 def _split_country_code(digits: str) -> tuple[int, str]:
@@ -182,6 +199,10 @@ class _Numbering:
     # national_prefix_for_parsing; None when empty, as the library reads it.
     national_prefix: re.Pattern[str] | None
     international_prefix: re.Pattern[str] | None
+    # The region's national number pattern (None when empty) and whether it has a
+    # national prefix transform rule, as _maybe_strip_national_prefix_carrier_code reads them.
+    general: re.Pattern[str] | None
+    transform: bool
     # _test_number_length of a national number, by its length: the library reads
     # nothing of the number but its length (for the type it is called with here).
     lengths: tuple[int, ...]
@@ -200,11 +221,14 @@ def _numbering(metadata: PhoneMetadata | None) -> _Numbering | None:
     national = metadata.national_prefix_for_parsing
     international = metadata.international_prefix
     test = _test_number_length
+    general = metadata.general_desc.national_number_pattern if metadata.general_desc else None
     return _Numbering(
         metadata,
         metadata.country_code,
         re.compile(national) if national else None,
         re.compile(international) if international is not None else None,
+        re.compile(general) if general else None,
+        bool(metadata.national_prefix_transform_rule),
         tuple(test("0" * n, metadata) for n in range(_TABLED_LENGTHS)) if test else (),
     )
 

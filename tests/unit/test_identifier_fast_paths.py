@@ -21,9 +21,12 @@ from purger.identifiers import (
     _CODE_OF_START,
     IdentifierError,
     _e164_of_plain_digits,
+    _numbering,
     _numbering_for_code,
     _split_country_code,
+    _strip_national_prefix,
     _test_number_length,
+    _without_national_prefix,
     normalise_ip,
     normalise_msisdn,
 )
@@ -215,6 +218,42 @@ def test_the_length_tables_give_what_the_library_gives() -> None:
 def test_the_country_code_table_gives_what_the_split_gives(digits: str) -> None:
     code, length = _CODE_OF_START[digits[:3]]
     assert (code, digits[length:]) == _split_country_code(digits)
+
+
+# Every region whose numbers can carry a national prefix, with its own metadata.
+_WITH_PREFIX = [
+    numbering
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS)
+    if (numbering := _numbering(PhoneMetadata.metadata_for_region(region))) is not None
+    and numbering.national_prefix is not None
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(data=st.data())
+def test_the_national_prefix_step_gives_what_the_library_gives(data: st.DataObject) -> None:
+    numbering = data.draw(st.sampled_from(_WITH_PREFIX))
+    metadata = numbering.metadata
+    prefix = numbering.national_prefix
+    assert prefix is not None and _strip_national_prefix is not None
+    general = st.from_regex(numbering.general, fullmatch=True) if numbering.general else st.just("")
+    # Numbers of the region's own pattern, with and without a prefix before them (the
+    # case where stripping would leave a number the pattern refuses), and any digits.
+    number = data.draw(
+        st.builds(
+            lambda p, n: p + n,
+            st.from_regex(prefix, fullmatch=True) | st.just(""),
+            general | st.from_regex(r"[0-9]{0,20}", fullmatch=True),
+        )
+    )
+    matched = prefix.match(number)
+    if matched is None:
+        return
+    expected = _strip_national_prefix(number, metadata)[1]
+    assert _without_national_prefix(numbering, number, matched) == expected, (
+        metadata.id,
+        number,
+    )
 
 
 def reference_normalise_ip(raw: str) -> str:
