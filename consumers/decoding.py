@@ -30,10 +30,10 @@ from purger.policy import Category
 from purger.records import (
     REASON_DECODE_FAILED,
     REASON_INVALID_TIMESTAMP,
+    Envelope,
     decode,
     parse_timestamp,
 )
-from purger.storage import Envelope
 
 log = logging.getLogger("purger.consumer")
 

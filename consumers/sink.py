@@ -16,8 +16,8 @@ from consumers.deadletter import DeadLetter, letter_for
 from consumers.decoding import Coordinates
 from purger.errors import RecordRefused, StorageError
 from purger.policy import RetentionPolicy
-from purger.records import REASON_STORAGE_REJECTED
-from purger.storage import BatchResult, Envelope, Storage
+from purger.records import REASON_STORAGE_REJECTED, Envelope
+from purger.storage import BatchResult, Storage
 
 log = logging.getLogger("purger.consumer")
 

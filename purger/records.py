@@ -124,6 +124,17 @@ class Record:
         return [subject_key(k, v) for k, values in self.subjects.items() for v in values]
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded record with its expiry and where it came from."""
+
+    record: Record
+    expires_at: datetime
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
 def parse_timestamp(value: Any, field: str = "occurred_at") -> datetime:
     """An RFC 3339 date-time with an offset (see purger.timestamps), as an aware UTC datetime."""
     if not isinstance(value, str):

@@ -14,14 +14,18 @@ an error raised while dumping a value is the record's, as before
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from psycopg import Cursor, postgres
+import psycopg
+from psycopg import Cursor, postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from purger.errors import RecordRefused
 from purger.identifiers import subject_key
-from purger.records import jsonb_text
+from purger.queries import template
+from purger.records import Envelope, jsonb_text
 
 _TEXT_OID = postgres.types["text"].oid
 _TEXT_ARRAY_OID = postgres.types["text"].array_oid
@@ -91,3 +95,46 @@ def use_fast_dumpers(cursor: Cursor[Any]) -> None:
     """
     cursor.adapters.register_dumper(None, SubjectKeysDumper)
     cursor.adapters.register_dumper(None, JsonbDumper)
+
+
+def copy_rows(
+    conn: psycopg.Connection[Any],
+    staging: sql.Identifier,
+    items: Sequence[Envelope],
+    category: str,
+    positions: Mapping[int, int],
+) -> None:
+    """COPY ``items`` into the staging table; RecordRefused names a row it cannot encode.
+
+    ``positions`` gives each item's index in its batch (by ``id``), for that error.
+    """
+    with conn.cursor() as cur:
+        use_fast_dumpers(cur)
+        copy_sql = template("copy_staging", staging=staging)
+        with cur.copy(sql.SQL("{} (FORMAT BINARY)").format(copy_sql)) as copy:
+            copy.set_types(COPY_TYPES)
+            for item in items:
+                rec = item.record
+                try:
+                    copy.write_row(
+                        (
+                            rec.record_id,
+                            rec.tenant,
+                            rec.occurred_at,
+                            item.expires_at,
+                            rec.subjects,  # dumped as its subject keys
+                            rec.subjects,
+                            rec.payload,
+                            item.topic,
+                            item.partition,
+                            item.offset,
+                        )
+                    )
+                except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                    # Raised while encoding this one row on the client side (a value
+                    # jsonb or the binary format cannot carry): this record's fault.
+                    raise RecordRefused(
+                        f"record cannot be encoded for PostgreSQL ({exc.__class__.__name__})",
+                        category=category,
+                        index=positions[id(item)],
+                    ) from exc

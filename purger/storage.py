@@ -19,7 +19,6 @@ from purger.db import connect, wrap_errors
 from purger.errors import (
     DatabaseUnavailable,
     LockTimeout,
-    RecordRefused,
     StatementTimeout,
     StorageError,
     SystemicFault,
@@ -33,21 +32,10 @@ from purger.partitions import (
 from purger.partitions import parent_table as parent_of
 from purger.policy import RetentionPolicy
 from purger.queries import query, template
-from purger.records import Record
-from purger.staging_rows import COPY_TYPES, use_fast_dumpers
+from purger.records import Envelope, Record
+from purger.staging_rows import copy_rows
 
 log = logging.getLogger("purger.storage")
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A decoded record with its expiry and where it came from."""
-
-    record: Record
-    expires_at: datetime
-    topic: str | None = None
-    partition: int | None = None
-    offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +71,8 @@ class Storage:
         # The applied rules each category's records were last tagged with (None:
         # no version applied yet, the process's own policy tags them).
         self._applied: dict[str, AppliedRules | None] = {}
+        # Categories that met a row stored without its key: their inserts are guarded.
+        self._guarded: set[str] = set()
 
     # -- connection -------------------------------------------------------------
     @property
@@ -166,7 +156,8 @@ class Storage:
             self.policy.category(category)
         horizon = datetime.now(UTC) - timedelta(minutes=1)
         missed = False
-        for _attempt in range(4):
+        # One more try per category, for a row without its key (once per process).
+        for _attempt in range(4 + len(batch)):
             for category in batch:
                 if category not in self._applied:
                     self._applied[category] = self._read_rules(category)
@@ -179,7 +170,7 @@ class Storage:
                 self.partitions.ensure(self.conn, category, live_guess)
             try:
                 return self._store(tagged)
-            except _RulesChanged:
+            except (_RulesChanged, _KeylessRow):
                 continue
             except StorageError as exc:
                 if not missed and is_missing_partition(exc.__cause__ or exc):
@@ -278,7 +269,7 @@ class Storage:
                     with wrap_errors("probe"), self.conn.transaction(force_rollback=True):
                         self._store({category: [canary]})
                     break
-                except _RulesChanged:
+                except (_RulesChanged, _KeylessRow):
                     continue
         except (DatabaseUnavailable, SystemicFault, LockTimeout, StatementTimeout):
             raise
@@ -311,23 +302,34 @@ class Storage:
             self._staging.add(category)
         inserted = 0
         if live:
-            self._copy(conn, staging, live, category, positions)
+            copy_rows(conn, staging, live, category, positions)
+            guarded = category in self._guarded
+            statement = template(
+                "insert_from_staging",
+                staging=staging,
+                parent=parent,
+                keys=sql.Identifier(keys_table(category)),
+                guard=sql.SQL("ON CONFLICT DO NOTHING" if guarded else ""),
+            )
+            params = {"category": category, "rule_version": rule_version}
             with conn.cursor() as cur:
-                result = cur.execute(
-                    template(
-                        "insert_from_staging",
-                        staging=staging,
-                        parent=parent,
-                        keys=sql.Identifier(keys_table(category)),
-                    ),
-                    {"category": category, "rule_version": rule_version},
-                ).fetchone()
+                try:
+                    result = cur.execute(statement, params).fetchone()
+                except psycopg.errors.UniqueViolation as exc:
+                    if guarded:
+                        raise
+                    log.warning(
+                        "a stored record has no key in the registry; inserts skip such rows",
+                        extra={"category": category},
+                    )
+                    self._guarded.add(category)
+                    raise _KeylessRow from exc
             inserted = int(result[0]) if result else 0
         covered = held = 0
         if expired:
             # Staged after the live rows were inserted; the held insert takes only
             # rows expired at now_db, so the live rows still staged are ignored.
-            self._copy(conn, staging, expired, category, positions)
+            copy_rows(conn, staging, expired, category, positions)
             covered, held = held_storage.store_expired(
                 conn, category, staging_name, now_db, rule_version
             )
@@ -338,44 +340,12 @@ class Storage:
             held,
         )
 
-    @staticmethod
-    def _copy(
-        conn: psycopg.Connection[Any],
-        staging: sql.Identifier,
-        items: Sequence[Envelope],
-        category: str,
-        positions: Mapping[int, int],
-    ) -> None:
-        with conn.cursor() as cur:
-            use_fast_dumpers(cur)
-            copy_sql = template("copy_staging", staging=staging)
-            with cur.copy(sql.SQL("{} (FORMAT BINARY)").format(copy_sql)) as copy:
-                copy.set_types(COPY_TYPES)
-                for item in items:
-                    rec = item.record
-                    try:
-                        copy.write_row(
-                            (
-                                rec.record_id,
-                                rec.tenant,
-                                rec.occurred_at,
-                                item.expires_at,
-                                rec.subjects,  # dumped as its subject keys
-                                rec.subjects,
-                                rec.payload,
-                                item.topic,
-                                item.partition,
-                                item.offset,
-                            )
-                        )
-                    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-                        # Raised while encoding this one row on the client side (a value
-                        # jsonb or the binary format cannot carry): this record's fault.
-                        raise RecordRefused(
-                            f"record cannot be encoded for PostgreSQL ({exc.__class__.__name__})",
-                            category=category,
-                            index=positions[id(item)],
-                        ) from exc
+
+class _KeylessRow(Exception):
+    """A batch met a row stored without its key, the only one to get past the registry.
+
+    The transaction is rolled back; the batch is stored again, its category guarded.
+    """
 
 
 class _RulesChanged(Exception):

@@ -99,8 +99,10 @@ WITH fresh AS (
     FROM {staging} s
     JOIN fresh f ON f.record_id = s.record_id AND f.expires_at = s.expires_at
     ORDER BY s.record_id, s.source_offset
-    -- A row stored without its key (seeded past the purger) is still not doubled.
-    ON CONFLICT DO NOTHING
+    -- {guard}: empty, or ON CONFLICT DO NOTHING after this statement met a row
+    -- stored without its key (seeded past the purger), so that it is not doubled.
+    -- Unguarded, the insert skips a speculative check per row (Storage._insert).
+    {guard}
     RETURNING expires_at
 ), per_hour AS (
     -- Partition bounds are whole UTC hours whatever the granularity (old and new

@@ -22,8 +22,8 @@ from psycopg import sql
 from purger.errors import RecordRefused
 from purger.partitions import parent_table
 from purger.policy import RetentionPolicy
-from purger.records import Record
-from purger.storage import Envelope, Storage
+from purger.records import Envelope, Record
+from purger.storage import Storage
 
 pytestmark = pytest.mark.integration
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
+from psycopg import sql
 
 from purger import policy_versions
 from purger.durations import parse_duration
 from purger.errors import PolicyError, RecordRefused
 from purger.metrics import Metrics
+from purger.partitions import keys_table
 from purger.policy import RetentionPolicy
 from purger.scheduler import PurgeScheduler
 from purger.settings import Settings
@@ -78,6 +81,38 @@ def test_a_redelivery_after_a_policy_change_leaves_one_row_per_record(
     assert len(stored) == 21
     assert stored["c0"][0] == occurred["c0"]
     assert stored["twin"][0] == first.record.occurred_at
+    assert keys(database, "cookie_stats") == {rid: r[1] for rid, r in stored.items()}
+    registry_counts_match(database, "cookie_stats")
+
+
+def test_a_row_stored_without_its_key_is_not_doubled_and_its_batch_is_stored(
+    database: str, policy: RetentionPolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = _now()
+    items = [record(policy, "cookie_stats", f"k{i}", now - timedelta(days=3 + i)) for i in range(6)]
+    assert store(database, policy, "cookie_stats", items[:3]).inserted == 3
+    # k0 and k2 lose their keys, as a row seeded past the purger has none.
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DELETE FROM purger.{} WHERE record_id = ANY(%s)").format(
+                sql.Identifier(keys_table("cookie_stats"))
+            ),
+            (["k0", "k2"],),
+        )
+    with (
+        caplog.at_level(logging.WARNING, logger="purger.storage"),
+        Storage(database, policy) as storage,
+    ):
+        # Unguarded, the insert meets k0's row; the batch is stored again, guarded.
+        result = storage.store_batch("cookie_stats", [items[0], items[1], items[3], items[4]])
+        assert (result.inserted, result.duplicates) == (2, 2)
+        # The category stays guarded: k2 is skipped at once.
+        result = storage.store_batch("cookie_stats", [items[2], items[5]])
+        assert (result.inserted, result.duplicates) == (1, 1)
+    warned = [r for r in caplog.records if "no key in the registry" in r.getMessage()]
+    assert len(warned) == 1
+    stored = rows(database, "cookie_stats")
+    assert sorted(stored) == [f"k{i}" for i in range(6)]
     assert keys(database, "cookie_stats") == {rid: r[1] for rid, r in stored.items()}
     registry_counts_match(database, "cookie_stats")
 
