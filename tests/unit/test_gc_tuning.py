@@ -5,11 +5,13 @@ the collector's thresholds so that full collections are rare. That frees the sam
 memory only while what a batch allocates is freed by reference counting, i.e. holds
 no reference cycle; one cycle a record (an exception kept with its traceback, say)
 would grow a worker's memory between collections. Good and poison messages alike.
+The workers' other tuning, the GIL switch interval with write-behind, is checked last.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from kafka import TopicPartition
 
 from consumers.decoding import BatchDecoder
-from consumers.workers import _tune_gc
+from consumers.workers import WRITE_BEHIND_SWITCH_INTERVAL, _tune_gc, _tune_switching
 from purger.policy import load_policy
 
 ROOT = Path(__file__).parents[2]
@@ -81,3 +83,20 @@ def test_the_tuning_freezes_the_heap_and_raises_the_thresholds(collector_off: No
     _tune_gc()
     assert gc.get_freeze_count() > 0
     assert gc.get_threshold()[0] >= 10_000
+
+
+@pytest.fixture
+def switch_interval() -> Iterator[float]:
+    before = sys.getswitchinterval()
+    yield before
+    sys.setswitchinterval(before)
+
+
+def test_write_behind_shortens_the_switch_interval_and_storing_in_turn_keeps_it(
+    switch_interval: float,
+) -> None:
+    _tune_switching(False)
+    assert sys.getswitchinterval() == switch_interval
+    _tune_switching(True)
+    assert sys.getswitchinterval() == pytest.approx(WRITE_BEHIND_SWITCH_INTERVAL)
+    assert switch_interval > WRITE_BEHIND_SWITCH_INTERVAL
