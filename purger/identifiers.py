@@ -36,6 +36,11 @@ MAX_IDENTIFIER_BYTES = 256
 _SURELY_SHORT = MAX_IDENTIFIER_BYTES // 4
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
+# The shape of a compressed IPv6 address: lower-case hextets without leading zeros,
+# eight of them or fewer around one "::".
+_HEXTET = r"(?:0|[1-9a-f][0-9a-f]{0,3})"
+_HEXTETS = rf"(?:{_HEXTET}(?::{_HEXTET})*)?"
+_IPV6_SHAPE = re.compile(rf"{_HEXTETS}::{_HEXTETS}|{_HEXTET}(?::{_HEXTET}){{7}}", re.ASCII)
 
 
 class IdentifierError(ValueError):
@@ -267,6 +272,8 @@ def normalise_ip(raw: str) -> str:
     # times cheaper than building an ip_address, and gives the same string.
     if _CANONICAL_IPV4.fullmatch(text):
         return text
+    if _canonical_ipv6(text):
+        return text
     try:
         if ":" in text:
             # No IPv4 address has a colon: ip_address would try IPv4 first, and fail.
@@ -274,6 +281,40 @@ def normalise_ip(raw: str) -> str:
         return ipaddress.ip_address(text).compressed
     except ValueError:
         raise IdentifierError("ip is not an IP address") from None
+
+
+def _canonical_ipv6(text: str) -> bool:
+    """True when ``text`` is an IPv6 address written as ``IPv6Address.compressed`` writes it.
+
+    RFC 5952's form: lower-case hextets without leading zeros, the longest run of two
+    or more zero hextets (the first of equal runs) written as "::". Building the
+    address and writing it again costs about 7 us; this reads the text once.
+    """
+    if len(text) > 39 or _IPV6_SHAPE.fullmatch(text) is None:
+        return False
+    head, double, tail = text.partition("::")
+    if not double:
+        return _longest_zero_run(head.split(":")) < 2
+    left = head.split(":") if head else []
+    right = tail.split(":") if tail else []
+    gap = 8 - len(left) - len(right)
+    # The run "::" stands for: two or more zero hextets, no zero hextet next to it
+    # (it would belong to the run), no longer run beside it, no equal one before it.
+    return (
+        gap >= 2
+        and (not left or left[-1] != "0")
+        and (not right or right[0] != "0")
+        and _longest_zero_run(left) < gap
+        and _longest_zero_run(right) <= gap
+    )
+
+
+def _longest_zero_run(hextets: list[str]) -> int:
+    longest = run = 0
+    for hextet in hextets:
+        run = run + 1 if hextet == "0" else 0
+        longest = max(longest, run)
+    return longest
 
 
 def _digits(kind: str, low: int, high: int) -> Callable[[str], str]:

@@ -8,6 +8,7 @@ result and error message alike.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Callable
 
 import phonenumbers
@@ -20,6 +21,7 @@ from purger.identifiers import (
     _CANONICAL_IPV4,
     _CODE_OF_START,
     IdentifierError,
+    _canonical_ipv6,
     _e164_of_plain_digits,
     _numbering,
     _numbering_for_code,
@@ -265,6 +267,25 @@ def reference_normalise_ip(raw: str) -> str:
         return ipaddress.ip_address(text).compressed
     except ValueError:
         raise IdentifierError("ip is not an IP address") from None
+
+
+def test_canonical_ipv6_is_recognised_exactly() -> None:
+    # Every arrangement of zero, short and long hextets: the zero runs decide the form.
+    checked = 0
+    for hextets in itertools.product(["0", "1", "ab0"], repeat=8):
+        address = ipaddress.IPv6Address(":".join(hextets))
+        texts = {address.compressed, address.exploded, ":".join(hextets)}
+        # "::" for any run of zero hextets, whole or in part, not only the longest.
+        for start, end in itertools.combinations(range(9), 2):
+            if all(h == "0" for h in hextets[start:end]):
+                texts.add(":".join(hextets[:start]) + "::" + ":".join(hextets[end:]))
+        for text in texts:
+            canonical = ipaddress.IPv6Address(text).compressed == text
+            assert _canonical_ipv6(text) == canonical, text
+            checked += 1
+    assert checked > 3**8 * 4
+    for text in ("::ffff:1.2.3.4", "fe80::1%eth0", "A::1", "01::1", ":::", "1:::2", "::1::"):
+        assert not _canonical_ipv6(text), text
 
 
 def _ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address, form: str) -> str:
