@@ -87,8 +87,10 @@ def test_the_tuning_freezes_the_heap_and_raises_the_thresholds(collector_off: No
 
 @pytest.fixture
 def switch_interval() -> Iterator[float]:
+    # A worker run in this process earlier (an integration test) may have tuned it.
     before = sys.getswitchinterval()
-    yield before
+    sys.setswitchinterval(0.005)
+    yield 0.005
     sys.setswitchinterval(before)
 
 
