@@ -41,6 +41,7 @@ from purger.records import (
     REASON_EXPIRED_ON_ARRIVAL,
 )
 from purger.settings import Settings
+from purger.staging_rows import EncodedRows, encode_rows
 from purger.storage import BatchResult, Storage
 
 log = logging.getLogger("purger.consumer")
@@ -74,6 +75,8 @@ class Batch:
     decoded: Decoded
     started: datetime
     epochs: dict[TopicPartition, int]
+    # Its rows in COPY format, encoded here: a writer thread then only sends them.
+    encoded: dict[str, EncodedRows]
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -248,10 +251,11 @@ class ConsumerWorker:
         started = datetime.now(UTC)
         self.summary.messages += sum(len(batch) for batch in polled.values())
         decoded = self.decoder.decode(polled, started)
+        encoded = {c: e for c, items in decoded.records.items() if (e := encode_rows(items))}
         self.checkpoint.hand_out(
             {tp: (batch[0].offset, batch[-1].offset) for tp, batch in polled.items() if batch}
         )
-        batch = Batch(decoded, started, self.checkpoint.stamp(polled))
+        batch = Batch(decoded, started, self.checkpoint.stamp(polled), encoded)
         self.summary.clock("decode", time.perf_counter() - clocked)
         return batch
 
@@ -267,7 +271,7 @@ class ConsumerWorker:
         pending = list(decoded.letters)
         retrier.run(lambda: dlq.write(pending), "dead-letter write")
         results, refused = retrier.run(
-            lambda: sink.store(decoded.records, decoded.messages), "store batch"
+            lambda: sink.store(decoded.records, decoded.messages, batch.encoded), "store batch"
         )
         pending = list(refused)
         retrier.run(lambda: dlq.write(pending), "dead-letter write")

@@ -9,7 +9,7 @@ its expiry is accepted (``Storage.probe``), else the fault is systemic.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from consumers.deadletter import DeadLetter, letter_for
@@ -17,6 +17,7 @@ from consumers.decoding import Coordinates
 from purger.errors import RecordRefused, StorageError
 from purger.policy import RetentionPolicy
 from purger.records import REASON_STORAGE_REJECTED, Envelope
+from purger.staging_rows import EncodedRows
 from purger.storage import BatchResult, Storage
 
 log = logging.getLogger("purger.consumer")
@@ -30,11 +31,17 @@ class DatabaseSink:
         self.policy = policy
 
     def store(
-        self, records: dict[str, list[Envelope]], messages: dict[Coordinates, Any]
+        self,
+        records: dict[str, list[Envelope]],
+        messages: dict[Coordinates, Any],
+        encoded: Mapping[str, EncodedRows] | None = None,
     ) -> tuple[dict[str, BatchResult], list[DeadLetter]]:
-        """Store a batch; dead letters (not yet written) for the records the database refuses."""
+        """Store a batch; dead letters (not yet written) for the records the database refuses.
+
+        ``encoded``: the batch's rows encoded beforehand (``staging_rows.encode_rows``).
+        """
         try:
-            return self.storage.store(records), []
+            return self.storage.store(records, encoded), []
         except StorageError as exc:
             if not _isolatable(exc):
                 raise

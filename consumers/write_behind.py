@@ -4,8 +4,10 @@ The worker's loop is otherwise serial: while the database stores a batch, the wo
 waits, and while the worker decodes, the database waits. Here the store of batch N
 (its dead letters, the database transaction, the refused records' dead letters) runs
 on a writer thread while the worker's thread polls and decodes batch N+1; psycopg and
-the Kafka clients release the GIL while they wait on a socket. The Python work of both
-threads still shares one GIL and the cores PostgreSQL needs: where the workers and the
+the Kafka clients release the GIL while they wait on a socket. The batch's COPY rows are
+encoded on the worker's thread with the decoding (``ConsumerWorker.prepare``), so that
+the writer holds the GIL little. The Python work of both threads still shares one GIL
+and the cores PostgreSQL needs: where the workers and the
 database already keep every core busy, the overlap costs more than it gains, and
 ``write_behind: false`` is the faster setting (BENCHMARKS.md).
 

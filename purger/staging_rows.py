@@ -13,13 +13,16 @@ an error raised while dumping a value is the record's, as before
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import Cursor, postgres, sql
-from psycopg.adapt import Dumper
+from psycopg.abc import Transformer as TransformerProtocol
+from psycopg.adapt import AdaptersMap, Dumper, Transformer
 from psycopg.pq import Format
 
 from purger.errors import RecordRefused
@@ -97,39 +100,117 @@ def use_fast_dumpers(cursor: Cursor[Any]) -> None:
     cursor.adapters.register_dumper(None, JsonbDumper)
 
 
+# A row's fields in binary COPY format, with their count: psycopg's own (C) encoder, the
+# one a row-mode COPY calls. Private to psycopg: a release without it only sends every
+# batch through the row-mode COPY (tests/integration/test_jsonb_storage.py fails then).
+try:
+    from psycopg._copy_base import format_row_binary as _format_row
+except ImportError:  # pragma: no cover - depends on the psycopg release
+    _format_row = None
+# What a binary COPY starts and ends with; a COPY written in blocks must send both.
+_SIGNATURE = b"PGCOPY\n\xff\r\n\0" + b"\0\0\0\0" + b"\0\0\0\0"
+_TRAILER = b"\xff\xff"
+
+
+def _row(item: Envelope) -> tuple[Any, ...]:
+    rec = item.record
+    return (
+        rec.record_id,
+        rec.tenant,
+        rec.occurred_at,
+        item.expires_at,
+        rec.subjects,  # dumped as its subject keys
+        rec.subjects,
+        rec.payload,
+        item.topic,
+        item.partition,
+        item.offset,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """A category's staged rows, encoded before their store (by a worker's decoding thread).
+
+    A writer thread that encodes its own COPY holds the GIL for it while the decoding
+    thread wants it too; encoded beforehand, the store only sends bytes.
+    """
+
+    items: Sequence[Envelope]
+    data: bytes
+    # The end of each item's row in ``data``.
+    ends: Sequence[int]
+
+    def rows_of(self, items: Sequence[Envelope]) -> bytes | None:
+        """The rows of ``items`` (these very objects, in this order), else None."""
+        if len(items) == len(self.items) and all(map(operator.is_, items, self.items)):
+            return self.data
+        where = {id(item): n for n, item in enumerate(self.items)}
+        parts = []
+        for item in items:
+            n = where.get(id(item))
+            if n is None or self.items[n] is not item:
+                return None  # re-tagged since: a new Envelope
+            parts.append(self.data[self.ends[n - 1] if n else 0 : self.ends[n]])
+        return b"".join(parts)
+
+
+def _transformer() -> TransformerProtocol:
+    adapters = AdaptersMap(psycopg.adapters)
+    adapters.register_dumper(None, SubjectKeysDumper)
+    adapters.register_dumper(None, JsonbDumper)
+    transformer = Transformer(adapters)
+    # As Copy.set_types(COPY_TYPES) sets them.
+    transformer.set_dumper_types([adapters.types.get_oid(t) for t in COPY_TYPES], Format.BINARY)
+    return transformer
+
+
+def encode_rows(items: Sequence[Envelope]) -> EncodedRows | None:
+    """The staged rows of ``items`` in binary COPY format; None when one cannot be encoded.
+
+    A record that cannot be encoded is then met by the store's own row-mode COPY, which
+    names it (RecordRefused), as when nothing was encoded beforehand.
+    """
+    if _format_row is None or not items:
+        return None
+    transformer = _transformer()
+    out = bytearray()
+    ends = []
+    try:
+        for item in items:
+            _format_row(_row(item), transformer, out)
+            ends.append(len(out))
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    return EncodedRows(items, bytes(out), ends)
+
+
 def copy_rows(
     conn: psycopg.Connection[Any],
     staging: sql.Identifier,
     items: Sequence[Envelope],
     category: str,
     positions: Mapping[int, int],
+    *,
+    encoded: EncodedRows | None = None,
 ) -> None:
     """COPY ``items`` into the staging table; RecordRefused names a row it cannot encode.
 
     ``positions`` gives each item's index in its batch (by ``id``), for that error.
+    Rows ``encoded`` beforehand are sent as they are (a COPY written in one block).
     """
+    data = encoded.rows_of(items) if encoded is not None else None
     with conn.cursor() as cur:
         use_fast_dumpers(cur)
         copy_sql = template("copy_staging", staging=staging)
         with cur.copy(sql.SQL("{} (FORMAT BINARY)").format(copy_sql)) as copy:
+            if data is not None:
+                copy.write(_SIGNATURE + data + _TRAILER)
+                return
             copy.set_types(COPY_TYPES)
             for item in items:
-                rec = item.record
                 try:
-                    copy.write_row(
-                        (
-                            rec.record_id,
-                            rec.tenant,
-                            rec.occurred_at,
-                            item.expires_at,
-                            rec.subjects,  # dumped as its subject keys
-                            rec.subjects,
-                            rec.payload,
-                            item.topic,
-                            item.partition,
-                            item.offset,
-                        )
-                    )
+                    copy.write_row(_row(item))
                 except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                     # Raised while encoding this one row on the client side (a value
                     # jsonb or the binary format cannot carry): this record's fault.

@@ -33,7 +33,7 @@ from purger.partitions import parent_table as parent_of
 from purger.policy import RetentionPolicy
 from purger.queries import query, template
 from purger.records import Envelope, Record
-from purger.staging_rows import copy_rows
+from purger.staging_rows import EncodedRows, copy_rows
 
 log = logging.getLogger("purger.storage")
 
@@ -142,14 +142,19 @@ class Storage:
         """Store the records of one category; see ``store``."""
         return self.store({category: items})[category]
 
-    def store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
+    def store(
+        self,
+        batch: Mapping[str, Sequence[Envelope]],
+        encoded: Mapping[str, EncodedRows] | None = None,
+    ) -> dict[str, BatchResult]:
         """Store a polled batch (records by category) in one transaction, idempotently.
 
         A record whose expiry has passed by the database clock is not stored and
         is counted as expired on arrival, unless an active legal hold covers it:
         then it goes to the category's held storage and is counted as held.
         Raises DatabaseUnavailable on an outage (nothing committed) and
-        StorageError on other database errors.
+        StorageError on other database errors. ``encoded``: rows of the batch's
+        categories encoded beforehand (``staging_rows.encode_rows``), sent as they are.
         """
         batch = {c: items for c, items in batch.items() if items}
         for category in batch:
@@ -169,7 +174,7 @@ class Storage:
                 live_guess = [i.expires_at for i in items if i.expires_at > horizon]
                 self.partitions.ensure(self.conn, category, live_guess)
             try:
-                return self._store(tagged)
+                return self._store(tagged, encoded or {})
             except (_RulesChanged, _KeylessRow):
                 continue
             except StorageError as exc:
@@ -200,7 +205,9 @@ class Storage:
         expiries = applied.expiries(category, [i.record for i in items])
         return [dataclasses.replace(i, expires_at=e) for i, e in zip(items, expiries, strict=True)]
 
-    def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
+    def _store(
+        self, batch: Mapping[str, Sequence[Envelope]], encoded: Mapping[str, EncodedRows]
+    ) -> dict[str, BatchResult]:
         conn = self.conn
         results: dict[str, BatchResult] = {}
         try:
@@ -217,7 +224,12 @@ class Storage:
                     assert now_db is not None
                     version = self._check_rules(conn, category)
                     results[category] = self._insert(
-                        conn, category, batch[category], now_db, version
+                        conn,
+                        category,
+                        batch[category],
+                        now_db,
+                        version,
+                        encoded=encoded.get(category),
                     )
         except BaseException:
             # Staging tables created in the rolled-back transaction are gone with it.
@@ -267,7 +279,7 @@ class Storage:
             for _attempt in range(3):
                 try:
                     with wrap_errors("probe"), self.conn.transaction(force_rollback=True):
-                        self._store({category: [canary]})
+                        self._store({category: [canary]}, {})
                     break
                 except (_RulesChanged, _KeylessRow):
                     continue
@@ -286,6 +298,8 @@ class Storage:
         items: Sequence[Envelope],
         now_db: datetime,
         rule_version: int,
+        *,
+        encoded: EncodedRows | None,
     ) -> BatchResult:
         applied = self._applied.get(category)
         if applied is not None and applied.dropped_at is not None:
@@ -302,7 +316,7 @@ class Storage:
             self._staging.add(category)
         inserted = 0
         if live:
-            copy_rows(conn, staging, live, category, positions)
+            copy_rows(conn, staging, live, category, positions, encoded=encoded)
             guarded = category in self._guarded
             statement = template(
                 "insert_from_staging",
@@ -329,7 +343,7 @@ class Storage:
         if expired:
             # Staged after the live rows were inserted; the held insert takes only
             # rows expired at now_db, so the live rows still staged are ignored.
-            copy_rows(conn, staging, expired, category, positions)
+            copy_rows(conn, staging, expired, category, positions, encoded=encoded)
             covered, held = held_storage.store_expired(
                 conn, category, staging_name, now_db, rule_version
             )

@@ -9,6 +9,7 @@ writes (purger/staging_rows.py), are compared with ``Record.subject_keys``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -23,6 +24,7 @@ from purger.errors import RecordRefused
 from purger.partitions import parent_table
 from purger.policy import RetentionPolicy
 from purger.records import Envelope, Record
+from purger.staging_rows import encode_rows
 from purger.storage import Storage
 
 pytestmark = pytest.mark.integration
@@ -73,12 +75,19 @@ def _envelope(
     return Envelope(record, policy.category("cdr").expires_at("t1", occurred), "t", 0, n)
 
 
-def test_stored_jsonb_is_what_json_dumps_gave(database: str, policy: RetentionPolicy) -> None:
+@pytest.mark.parametrize("beforehand", [False, True], ids=["row-mode-copy", "encoded-beforehand"])
+def test_stored_jsonb_is_what_json_dumps_gave(
+    database: str, policy: RetentionPolicy, beforehand: bool
+) -> None:
     rng = random.Random(20261128)
     payloads = AWKWARD + [{"v": _random_value(rng)} for _ in range(400)]
     items = [_envelope(policy, n, p) for n, p in enumerate(payloads)]
+    # What a worker sends: its rows encoded by its decoding thread (consumers/loop.py).
+    encoded = encode_rows(items) if beforehand else None
+    assert (encoded is not None) == beforehand
     with Storage(database, policy, timedelta(hours=1)) as storage:
-        assert storage.store({"cdr": items})["cdr"].inserted == len(items)
+        result = storage.store({"cdr": items}, {"cdr": encoded} if encoded else None)
+        assert result["cdr"].inserted == len(items)
     table = sql.Identifier("purger", parent_table("cdr"))
     with psycopg.connect(database) as conn:
         for item in items:
@@ -95,15 +104,19 @@ def test_stored_jsonb_is_what_json_dumps_gave(database: str, policy: RetentionPo
             assert row[1], (rec.payload, row[2])
 
 
+@pytest.mark.parametrize("beforehand", [False, True], ids=["row-mode-copy", "encoded-beforehand"])
 @pytest.mark.parametrize(
     "payload", [{"huge": 10**5000}, {"nan": math.nan}], ids=["int-5000-digits", "nan"]
 )
 def test_what_jsonb_cannot_hold_is_still_refused(
-    database: str, policy: RetentionPolicy, payload: dict[str, Any]
+    database: str, policy: RetentionPolicy, payload: dict[str, Any], beforehand: bool
 ) -> None:
     items = [_envelope(policy, 0, {"ok": 1}), _envelope(policy, 1, payload)]
+    # The integer cannot be encoded (the store's row-mode COPY then names the record);
+    # the NaN can, and PostgreSQL refuses it.
+    encoded = encode_rows(items) if beforehand else None
     with Storage(database, policy, timedelta(hours=1)) as storage, pytest.raises(RecordRefused):
-        storage.store({"cdr": items})
+        storage.store({"cdr": items}, {"cdr": encoded} if encoded else None)
 
 
 def _random_subjects(rng: random.Random) -> dict[str, list[str]]:
@@ -120,7 +133,10 @@ def _random_subjects(rng: random.Random) -> dict[str, list[str]]:
     }
 
 
-def test_stored_subject_keys_are_the_records(database: str, policy: RetentionPolicy) -> None:
+@pytest.mark.parametrize("beforehand", [False, True], ids=["row-mode-copy", "encoded-beforehand"])
+def test_stored_subject_keys_are_the_records(
+    database: str, policy: RetentionPolicy, beforehand: bool
+) -> None:
     rng = random.Random(20261204)
     shapes: list[dict[str, list[str]]] = [
         {},
@@ -130,8 +146,20 @@ def test_stored_subject_keys_are_the_records(database: str, policy: RetentionPol
     ]
     shapes += [_random_subjects(rng) for _ in range(300)]
     items = [_envelope(policy, n, {}, s) for n, s in enumerate(shapes)]
+    # Every other record arrives expired: the live ones are a part of the encoded rows.
+    items = [
+        dataclasses.replace(i, expires_at=datetime.now(UTC) - timedelta(days=1)) if n % 2 else i
+        for n, i in enumerate(items)
+    ]
+    encoded = encode_rows(items) if beforehand else None
+    assert (encoded is not None) == beforehand
     with Storage(database, policy, timedelta(hours=1)) as storage:
-        assert storage.store({"cdr": items})["cdr"].inserted == len(items)
+        result = storage.store({"cdr": items}, {"cdr": encoded} if encoded else None)["cdr"]
+        assert (result.inserted, result.expired_on_arrival) == (
+            len(items) - len(items) // 2,
+            len(items) // 2,
+        )
+    items = items[::2]
     table = sql.Identifier("purger", parent_table("cdr"))
     with psycopg.connect(database) as conn:
         stored = dict(
