@@ -21,8 +21,8 @@ from benchmarks.passes import checkpoint, timed_pass
 from benchmarks.workspace import Workspace
 from examples import samples
 from purger.policy import RetentionPolicy
-from purger.records import Envelope, decode
-from purger.storage import Storage
+from purger.records import decode
+from purger.storage import Envelope, Storage
 
 log = logging.getLogger("benchmarks")
 

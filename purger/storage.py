@@ -35,6 +35,9 @@ from purger.queries import query, template
 from purger.records import Envelope, Record
 from purger.staging_rows import EncodedRows, copy_rows
 
+# Envelope is re-exported: the storage API takes them (it moved to purger.records).
+__all__ = ["BatchResult", "Envelope", "Storage"]
+
 log = logging.getLogger("purger.storage")
 
 
@@ -73,6 +76,8 @@ class Storage:
         self._applied: dict[str, AppliedRules | None] = {}
         # Categories that met a row stored without its key: their inserts are guarded.
         self._guarded: set[str] = set()
+        # The rows of the batch being stored, encoded beforehand (store's ``encoded``).
+        self._encoded: Mapping[str, EncodedRows] = {}
 
     # -- connection -------------------------------------------------------------
     @property
@@ -174,7 +179,8 @@ class Storage:
                 live_guess = [i.expires_at for i in items if i.expires_at > horizon]
                 self.partitions.ensure(self.conn, category, live_guess)
             try:
-                return self._store(tagged, encoded or {})
+                self._encoded = encoded or {}
+                return self._store(tagged)
             except (_RulesChanged, _KeylessRow):
                 continue
             except StorageError as exc:
@@ -185,6 +191,8 @@ class Storage:
                         self.partitions.forget(category)
                     continue
                 raise
+            finally:
+                self._encoded = {}
         raise SystemicFault("the applied policy kept changing while a batch was stored")
 
     def _read_rules(self, category: str) -> AppliedRules | None:
@@ -205,9 +213,7 @@ class Storage:
         expiries = applied.expiries(category, [i.record for i in items])
         return [dataclasses.replace(i, expires_at=e) for i, e in zip(items, expiries, strict=True)]
 
-    def _store(
-        self, batch: Mapping[str, Sequence[Envelope]], encoded: Mapping[str, EncodedRows]
-    ) -> dict[str, BatchResult]:
+    def _store(self, batch: Mapping[str, Sequence[Envelope]]) -> dict[str, BatchResult]:
         conn = self.conn
         results: dict[str, BatchResult] = {}
         try:
@@ -224,12 +230,7 @@ class Storage:
                     assert now_db is not None
                     version = self._check_rules(conn, category)
                     results[category] = self._insert(
-                        conn,
-                        category,
-                        batch[category],
-                        now_db,
-                        version,
-                        encoded=encoded.get(category),
+                        conn, category, batch[category], now_db, version
                     )
         except BaseException:
             # Staging tables created in the rolled-back transaction are gone with it.
@@ -279,7 +280,7 @@ class Storage:
             for _attempt in range(3):
                 try:
                     with wrap_errors("probe"), self.conn.transaction(force_rollback=True):
-                        self._store({category: [canary]}, {})
+                        self._store({category: [canary]})
                     break
                 except (_RulesChanged, _KeylessRow):
                     continue
@@ -298,9 +299,8 @@ class Storage:
         items: Sequence[Envelope],
         now_db: datetime,
         rule_version: int,
-        *,
-        encoded: EncodedRows | None,
     ) -> BatchResult:
+        encoded = self._encoded.get(category)
         applied = self._applied.get(category)
         if applied is not None and applied.dropped_at is not None:
             # Retired and its tables dropped: nothing of it is kept any more.

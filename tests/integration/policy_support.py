@@ -13,9 +13,9 @@ from psycopg import sql
 
 from purger.partitions import PartitionManager, held_table, keys_table, parent_table
 from purger.policy import RetentionPolicy, load_policy
-from purger.records import Envelope, Record
+from purger.records import Record
 from purger.retag import Retagger
-from purger.storage import Storage
+from purger.storage import Envelope, Storage
 
 _offsets = itertools.count(1)
 

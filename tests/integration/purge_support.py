@@ -27,9 +27,10 @@ from purger.metrics import Metrics
 from purger.partitions import PartitionManager, keys_table, parent_table, range_containing
 from purger.policy import RetentionPolicy
 from purger.purge import Purger
-from purger.records import Envelope, Record
+from purger.records import Record
 from purger.settings import Settings
 from purger.stats import Stats
+from purger.storage import Envelope
 from tests.integration.support import REPO, settings_env, wait_until
 
 DAY = timedelta(days=1)

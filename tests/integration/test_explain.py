@@ -18,9 +18,9 @@ from psycopg import sql
 from purger import explain, policy_versions
 from purger.partitions import parent_table, partition_name, range_containing
 from purger.policy import RetentionPolicy, load_policy
-from purger.records import Envelope, Record
+from purger.records import Record
 from purger.settings import Settings
-from purger.storage import Storage
+from purger.storage import Envelope, Storage
 from tests.integration.conftest import Services
 from tests.integration.holds_support import DAY, Row, make_purger, place, release, seed
 from tests.integration.support import purger_cli, settings_env

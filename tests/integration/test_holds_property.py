@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from purger import audit
 from purger.partitions import range_containing
 from purger.policy import RetentionPolicy, load_policy
-from purger.records import Envelope, Record
-from purger.storage import Storage
+from purger.records import Record
+from purger.storage import Envelope, Storage
 from tests.integration.conftest import DEFAULT_POLICY, Services, cloned_database
 from tests.integration.holds_support import (
     DAY,

@@ -16,8 +16,8 @@ import pytest
 from purger.hold_registry import place
 from purger.hold_scope import build_scope
 from purger.policy import RetentionPolicy
-from purger.records import Envelope, Record
-from purger.storage import Storage
+from purger.records import Record
+from purger.storage import Envelope, Storage
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from psycopg import sql
 
 from purger.partitions import partition_name
 from purger.policy import RetentionPolicy
-from purger.records import Envelope, Record
-from purger.storage import Storage
+from purger.records import Record
+from purger.storage import Envelope, Storage
 from tests.integration.holds_support import Row, audit_kinds, make_purger, seed, where_stored
 from tests.integration.purge_support import blocking_session, midnight
 from tests.integration.requests_support import (
