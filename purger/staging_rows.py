@@ -96,8 +96,12 @@ def use_fast_dumpers(cursor: Cursor[Any]) -> None:
     Registered without a Python type: psycopg uses them only where a COPY's
     set_types names the oid, so no parameter of another statement is affected.
     """
-    cursor.adapters.register_dumper(None, SubjectKeysDumper)
-    cursor.adapters.register_dumper(None, JsonbDumper)
+    _register(cursor.adapters)
+
+
+def _register(adapters: AdaptersMap) -> None:
+    adapters.register_dumper(None, SubjectKeysDumper)
+    adapters.register_dumper(None, JsonbDumper)
 
 
 # A row's fields in binary COPY format, with their count: psycopg's own (C) encoder, the
@@ -157,8 +161,7 @@ class EncodedRows:
 
 def _transformer() -> TransformerProtocol:
     adapters = AdaptersMap(psycopg.adapters)
-    adapters.register_dumper(None, SubjectKeysDumper)
-    adapters.register_dumper(None, JsonbDumper)
+    _register(adapters)
     transformer = Transformer(adapters)
     # As Copy.set_types(COPY_TYPES) sets them.
     transformer.set_dumper_types([adapters.types.get_oid(t) for t in COPY_TYPES], Format.BINARY)
@@ -180,7 +183,9 @@ def encode_rows(items: Sequence[Envelope]) -> EncodedRows | None:
         for item in items:
             _format_row(_row(item), transformer, out)
             ends.append(len(out))
-    except (ValueError, TypeError, OverflowError, RecursionError):
+    except Exception:
+        # Whatever it is, the store's row-mode COPY raises it where it always did,
+        # under the writer's retrier (a record it names is dead-lettered).
         return None
     return EncodedRows(items, bytes(out), ends)
 

@@ -43,3 +43,17 @@ def test_a_record_tagged_again_since_is_not_sent_from_the_old_encoding() -> None
     retagged = [*items[:2], dataclasses.replace(items[2], expires_at=NOW), items[3]]
     assert encoded.rows_of(retagged) is None
     assert encoded.rows_of(list(reversed(items))) != encoded.data
+
+
+class _Unencodable(dict):  # type: ignore[type-arg]
+    """A value whose encoding raises what no dumper is known to raise."""
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("cannot be read")
+
+
+def test_whatever_encoding_raises_leaves_the_rows_to_the_store() -> None:
+    items = _items(3)
+    odd = dataclasses.replace(items[1].record, payload=_Unencodable(a=1))
+    items[1] = dataclasses.replace(items[1], record=odd)
+    assert encode_rows(items) is None
