@@ -85,6 +85,19 @@ def _first_member_read_all(
     return worker, first, worker.prepare(polled)
 
 
+@contextmanager
+def _writer_side(
+    settings: Settings, policy: RetentionPolicy, worker: ConsumerWorker
+) -> Iterator[tuple[Storage, DeadLetterWriter]]:
+    """The storage and dead-letter writer a worker's writer thread stores with."""
+    dlq_producer = KafkaProducer(**producer_options(settings))
+    try:
+        with Storage(settings.conninfo(), policy, settings.granularity) as storage:
+            yield storage, DeadLetterWriter(dlq_producer, worker.metrics)
+    finally:
+        dlq_producer.close()
+
+
 def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_back(
     settings: Settings,
     policy: RetentionPolicy,
@@ -95,16 +108,9 @@ def test_a_batch_finished_after_its_partitions_moved_never_moves_their_offsets_b
     topic = topics["cdr"]
     _send(producer, topic, "first")
     worker, first, batch = _first_member_read_all(settings, policy, topic, members)
-    metrics = worker.metrics
-    dlq_producer = KafkaProducer(**producer_options(settings))
-    try:
-        with Storage(settings.conninfo(), policy, settings.granularity) as storage:
-            # What the writer thread does; the worker's thread has not settled it yet.
-            written = worker.write(
-                batch, storage, DeadLetterWriter(dlq_producer, metrics), worker.retrier
-            )
-    finally:
-        dlq_producer.close()
+    with _writer_side(settings, policy, worker) as (storage, dlq):
+        # What the writer thread does; the worker's thread has not settled it yet.
+        written = worker.write(batch, storage, dlq, worker.retrier)
     assert count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION
 
     second = second_member(settings, topic, first, members)
@@ -152,41 +158,35 @@ def test_a_partition_assigned_back_with_its_batch_in_flight_is_read_again_and_co
     topic = topics["cdr"]
     _send(producer, topic, "first")
     worker, first, batch = _first_member_read_all(settings, policy, topic, members)
-    metrics = worker.metrics
-    dlq_producer = KafkaProducer(**producer_options(settings))
-    try:
-        with Storage(settings.conninfo(), policy, settings.granularity) as storage:
-            dlq = DeadLetterWriter(dlq_producer, metrics)
-            # What the writer thread does; the worker's thread settles it after the
-            # rebalance below.
-            written = worker.write(batch, storage, dlq, worker.retrier)
+    with _writer_side(settings, policy, worker) as (storage, dlq):
+        # What the writer thread does; the worker's thread settles it after the
+        # rebalance below.
+        written = worker.write(batch, storage, dlq, worker.retrier)
 
-            second = KafkaConsumer(**consumer_options(settings))
-            members.append(second)
-            second.subscribe(topics=[topic])
-            again: dict[TopicPartition, list[Any]] = {}
+        second = KafkaConsumer(**consumer_options(settings))
+        members.append(second)
+        second.subscribe(topics=[topic])
+        again: dict[TopicPartition, list[Any]] = {}
 
-            def shared() -> bool:
-                # What the first member polls is kept: the worker would store it.
-                for tp, records in first.poll(timeout_ms=100).items():
-                    again.setdefault(tp, []).extend(records)
-                second.poll(timeout_ms=100)
-                return bool(first.assignment()) and bool(second.assignment())
+        def shared() -> bool:
+            # What the first member polls is kept: the worker would store it.
+            for tp, records in first.poll(timeout_ms=100).items():
+                again.setdefault(tp, []).extend(records)
+            second.poll(timeout_ms=100)
+            return bool(first.assignment()) and bool(second.assignment())
 
-            wait_until(shared, what="the partitions shared by both members")
-            kept = set(first.assignment())
-            worker.finish(batch, written)
-            assert not kept & set(worker.checkpoint.pending), "the old batch was advanced"
+        wait_until(shared, what="the partitions shared by both members")
+        kept = set(first.assignment())
+        worker.finish(batch, written)
+        assert not kept & set(worker.checkpoint.pending), "the old batch was advanced"
 
-            def read_again() -> bool:
-                for tp, records in first.poll(timeout_ms=100).items():
-                    again.setdefault(tp, []).extend(records)
-                return all(len(again.get(tp, [])) == PER_PARTITION for tp in kept)
+        def read_again() -> bool:
+            for tp, records in first.poll(timeout_ms=100).items():
+                again.setdefault(tp, []).extend(records)
+            return all(len(again.get(tp, [])) == PER_PARTITION for tp in kept)
 
-            wait_until(read_again, what="the kept partitions read again")
-            worker.process(again, storage, dlq)
-    finally:
-        dlq_producer.close()
+        wait_until(read_again, what="the kept partitions read again")
+        worker.process(again, storage, dlq)
 
     committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
     for tp in kept:
