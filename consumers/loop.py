@@ -31,6 +31,7 @@ from consumers.checkpoint import Checkpoint
 from consumers.deadletter import DeadLetter, DeadLetterWriter
 from consumers.decoding import BatchDecoder, Decoded, Polled
 from consumers.failures import Retrier, Stopping
+from consumers.io_thread import wait_until
 from consumers.kafka_config import consumer_options, producer_options
 from consumers.sink import DatabaseSink
 from consumers.summary import IngestSummary
@@ -64,6 +65,12 @@ def read_subscribed_metadata(consumer: KafkaConsumer, timeout_ms: int = METADATA
     consumer._net.run(consumer._manager.wait_for, update, timeout_ms)
 
 
+# How long a revocation waits for the batch in flight: several times a batch's store
+# (under a second), and far below the rebalance timeout (max.poll.interval.ms, 300 s)
+# for which the other members wait for this one. A store retrying an outage is not
+# waited out: its records are read again by the next owner, deduplicated.
+REVOKE_WAIT_SECONDS = 10.0
+
 # What a batch's store gives: results by category, dead letters of refused records.
 Written = tuple[dict[str, BatchResult], list[DeadLetter]]
 
@@ -88,8 +95,9 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         # During the worker's poll(): every batch handed out is durable, or in flight
-        # on the writer thread (its offsets are then not advanced: Checkpoint.epochs),
-        # or never stored. Commit what the database holds, forget the rest.
+        # on the writer thread, or never stored. The one in flight is waited for (a
+        # while); then what the database holds is committed and the rest forgotten.
+        await self.worker.await_in_flight()
         await self.worker.checkpoint.commit_revoked(set(revoked))
 
     async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
@@ -152,6 +160,8 @@ class ConsumerWorker:
         )
         self._consumer: KafkaConsumer | None = None
         self._lag_at = 0.0
+        # The writer thread's batch, for the rebalance listener (set while running).
+        self.behind: WriteBehind[Batch, Written] | None = None
 
     # -- lifecycle --------------------------------------------------------------
     def run(self) -> IngestSummary:
@@ -199,6 +209,7 @@ class ConsumerWorker:
             name=f"purger-writer-{self.worker_id}",
             waited=lambda seconds: self.summary.clock("wait", seconds),
         )
+        self.behind = behind
         # Runs before the commit above: what the writer stored is committed too.
         stack.callback(behind.drain)
         idle_polls = 0
@@ -321,6 +332,27 @@ class ConsumerWorker:
             m.records_dead_lettered.labels(letter.category, letter.reason).inc()
 
     # -- offsets -----------------------------------------------------------------
+    async def await_in_flight(self, seconds: float | None = None) -> None:
+        """On kafka-python's I/O thread, at a revocation: advance the batch in flight once stored.
+
+        Waits at most ``seconds`` (default ``REVOKE_WAIT_SECONDS``) for the writer,
+        pausing, never blocking, the I/O thread. The worker's thread is in poll() then,
+        so nothing else touches the checkpoint; settle finishes the batch later as ever.
+        """
+        behind = self.behind
+        if behind is None or not behind.busy:
+            return
+        limit = REVOKE_WAIT_SECONDS if seconds is None else seconds
+        if not await wait_until(lambda: not behind.storing, limit, self.stop):
+            log.warning(
+                "partitions revoked before the batch in flight was stored; "
+                "its records are read again by their next owner"
+            )
+            return
+        batch = behind.stored()
+        if batch is not None:
+            self.checkpoint.advance(batch.decoded.last, batch.epochs)
+
     def commit_pending(self, only: set[TopicPartition] | None = None) -> None:
         """Commit the durable offsets not yet committed (forward only, never a crash)."""
         self.checkpoint.commit(only)

@@ -14,11 +14,14 @@ database already keep every core busy, the overlap costs more than it gains, and
 What does not change: at most one batch is in flight; batches are stored in the order
 they were polled; a batch's offsets are advanced and committed by the worker's thread
 only after :meth:`WriteBehind.settle` saw its store finish (the database commit and
-every dead letter acknowledged). The rebalance listener cannot wait for a batch in
-flight (it runs on kafka-python's I/O thread), so it commits what is durable and
-forgets the rest: the batch in flight then finishes but its offsets are not advanced
-for a partition revoked meanwhile (``Checkpoint.epochs``), and the new owner's
-redelivery of it is deduplicated by the database.
+every dead letter acknowledged), or, at a revocation, by the rebalance listener once
+:meth:`WriteBehind.stored` gives the batch (``ConsumerWorker.await_in_flight``): the
+listener waits a bounded time for the batch in flight, without blocking kafka-python's
+I/O thread, so that the revoked partitions' offsets include it and their next owner
+does not read it again. A batch not stored by then (a slow database, an outage) is
+left as before: its offsets are not advanced for a partition revoked meanwhile
+(``Checkpoint.epochs``), and the new owner's redelivery of it is deduplicated by the
+database.
 """
 
 from __future__ import annotations
@@ -76,6 +79,23 @@ class WriteBehind(Generic[T, R]):
     def busy(self) -> bool:
         """True while a batch is in flight or finished but not yet settled."""
         return self._in_flight is not None
+
+    @property
+    def storing(self) -> bool:
+        """True while the writer thread is still storing the batch in flight."""
+        job = self._in_flight
+        return job is not None and not job.done.is_set()
+
+    def stored(self) -> T | None:
+        """The batch in flight once its store succeeded, until it is settled; else None.
+
+        For the rebalance listener, which may advance its offsets before settle does:
+        advancing twice is harmless (forward only), and settle still finishes it once.
+        """
+        job = self._in_flight
+        if job is None or not job.done.is_set() or job.error is not None:
+            return None
+        return job.batch
 
     def submit(self, batch: T) -> None:
         """Settle the batch in flight, then start storing ``batch``."""

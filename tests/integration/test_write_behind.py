@@ -1,13 +1,15 @@
 """Write-behind on the real Kafka and PostgreSQL: a batch stored on the writer thread.
 
-The rebalance listener cannot wait for a batch in flight (it runs on kafka-python's
-I/O thread), so such a batch may finish after its partitions moved to another
-member, which may have read and committed past it meanwhile. Its offsets must then
-not be committed: that would move the group's offset backwards.
+The rebalance listener waits a bounded time for a batch in flight (pausing
+kafka-python's I/O thread, never blocking it), and commits it when it is stored in
+time. One that is not may finish after its partitions moved to another member, which
+may have read and committed past it meanwhile. Its offsets must then not be
+committed: that would move the group's offset backwards.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +21,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg import sql
 
+from consumers import loop
 from consumers.deadletter import DeadLetterWriter
 from consumers.kafka_config import consumer_options, producer_options
-from consumers.loop import Batch, ConsumerWorker, _Rebalance
+from consumers.loop import Batch, ConsumerWorker, Written, _Rebalance
 from consumers.service import consume
 from consumers.summary import STAGES
+from consumers.write_behind import WriteBehind
 from purger.partitions import parent_table
 from purger.policy import RetentionPolicy
 from purger.queries import query
@@ -309,3 +313,111 @@ def test_the_last_batch_is_committed_at_once_not_a_poll_timeout_later(
             what="every offset committed while the worker's poll would still be waiting",
         )
     assert worker.summary.counts("cdr").stored == 4 * PER_PARTITION
+
+
+class _Watched(WriteBehind[Batch, Written]):
+    """A writer whose ``storing`` tells when someone (the rebalance listener) asks it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked = threading.Event()
+
+    @property
+    def storing(self) -> bool:
+        self.asked.set()
+        return super().storing
+
+
+@contextmanager
+def _held_writer(
+    settings: Settings, policy: RetentionPolicy, worker: ConsumerWorker, batch: Batch
+) -> Iterator[tuple[_Watched, threading.Event]]:
+    """``batch`` in flight on a writer thread that stores it only once the event is set."""
+    go = threading.Event()
+    with _writer_side(settings, policy, worker) as (storage, dlq):
+
+        def write(b: Batch) -> Written:
+            go.wait(60)
+            return worker.write(b, storage, dlq, worker.writer_retrier)
+
+        behind = _Watched(write, worker.finish, stop=worker.stop, halt=worker.halt, name="writer")
+        worker.behind = behind
+        behind.submit(batch)
+        try:
+            yield behind, go
+        finally:
+            go.set()
+            behind.drain()
+
+
+def test_a_revocation_waits_for_the_batch_in_flight_and_commits_it(
+    settings: Settings,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+    members: list[KafkaConsumer],
+) -> None:
+    # The next owner of a revoked partition starts where the group committed: with
+    # the batch in flight committed at the revocation, it reads none of it again.
+    topic = topics["cdr"]
+    _send(producer, topic, "flight")
+    worker, first, batch = _first_member_read_all(settings, policy, topic, members)
+    with _held_writer(settings, policy, worker, batch) as (behind, go):
+        # The writer stores only once the listener waits for it, during the rebalance.
+        def release() -> None:
+            if behind.asked.wait(60):
+                go.set()
+
+        releaser = threading.Thread(target=release)
+        releaser.start()
+        second = second_member(settings, topic, first, members)
+        asked = behind.asked.is_set()
+        behind.asked.set()  # the releaser's wait ends either way
+        releaser.join(60)
+        assert asked, "the listener did not wait for the batch in flight"
+        assert second.assignment()
+        # Committed at the revocation (the second member commits nothing): its
+        # partitions' next owner starts after the batch.
+        committed = committed_offsets(
+            settings.kafka_bootstrap_servers, settings.kafka_group_id, topic
+        )
+        assert committed == {p: PER_PARTITION for p in range(4)}, committed
+        behind.settle()
+    assert count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION
+    counts = worker.summary.counts("cdr")
+    assert (counts.stored, counts.duplicates) == (4 * PER_PARTITION, 0)
+
+
+def test_a_revocation_waits_for_the_batch_in_flight_a_bounded_time(
+    settings: Settings,
+    policy: RetentionPolicy,
+    topics: dict[str, str],
+    producer: KafkaProducer,
+    members: list[KafkaConsumer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A store that outlasts the wait (a slow database, an outage) does not hold the
+    # group: the rebalance goes on without its offsets, and the next owner reads the
+    # batch's records again (the database deduplicates them).
+    monkeypatch.setattr(loop, "REVOKE_WAIT_SECONDS", 0.5)
+    topic = topics["cdr"]
+    _send(producer, topic, "slow")
+    worker, first, batch = _first_member_read_all(settings, policy, topic, members)
+    with (
+        caplog.at_level(logging.WARNING, logger="purger.consumer"),
+        _held_writer(settings, policy, worker, batch) as (behind, go),
+    ):
+        second = second_member(settings, topic, first, members)
+        assert behind.storing, "the batch was stored before the rebalance ended"
+        go.set()
+        behind.settle()
+    assert "revoked before the batch in flight was stored" in caplog.text
+    moved = set(second.assignment())
+    assert moved
+    committed = committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, topic)
+    for tp in moved:
+        # Settled after the revocation: not advanced for a partition that moved, whose
+        # next owner starts from the beginning.
+        assert tp.partition not in committed, committed
+    assert count_rows(settings.conninfo(), "cdr") == 4 * PER_PARTITION

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka import TopicPartition
 
+from consumers import io_thread
 from consumers.checkpoint import Checkpoint
 from consumers.failures import Stopping
 from consumers.write_behind import WriteBehind
@@ -286,3 +287,66 @@ def test_a_partition_revoked_with_nothing_in_flight_keeps_its_position() -> None
     _revoke(cp, {TP0, TP1})
     assert cp.rewind_assigned({TP0, TP1}) == {TP1: 50}
     assert consumer.sought == {TP1: 50}
+
+
+def test_stored_gives_the_batch_in_flight_only_once_its_store_succeeded() -> None:
+    gate = threading.Event()
+    finished: list[int] = []
+
+    def write(batch: int) -> int:
+        gate.wait(WAIT)
+        if batch == 1:
+            raise RuntimeError("refused")
+        return batch
+
+    behind: WriteBehind[int, int] = WriteBehind(
+        write,
+        lambda b, _r: finished.append(b),
+        stop=threading.Event(),
+        halt=threading.Event(),
+        name="writer-test",
+    )
+    assert not behind.storing and behind.stored() is None
+    behind.submit(0)
+    assert behind.storing and behind.stored() is None
+    gate.set()
+    job = behind._in_flight
+    assert job is not None and job.done.wait(WAIT)
+    assert not behind.storing and behind.stored() == 0
+    # Advanced by the listener or not, settle still finishes it, once.
+    behind.settle()
+    assert finished == [0] and behind.stored() is None
+    behind.submit(1)
+    job = behind._in_flight
+    assert job is not None and job.done.wait(WAIT)
+    assert not behind.storing and behind.stored() is None  # its store failed
+    with pytest.raises(RuntimeError, match="refused"):
+        behind.settle()
+    assert finished == [0]
+
+
+def test_wait_until_pauses_on_kafkas_loop_until_done() -> None:
+    # Driven by hand as kafka-python's loop drives it: each pause is its sleep event.
+    assert io_thread.CAN_PAUSE
+    state = {"done": False}
+    waiting = io_thread.wait_until(lambda: state["done"], WAIT, threading.Event())
+    for _ in range(3):
+        event = waiting.send(None)
+        assert (event.method, event.args) == ("_sleep", (0.005,))
+    state["done"] = True
+    with pytest.raises(StopIteration) as stopped:
+        waiting.send(None)
+    assert stopped.value.value is True
+
+
+def test_wait_until_gives_up_at_its_deadline_or_the_stop_flag() -> None:
+    out = io_thread.wait_until(lambda: False, 0.0, threading.Event())
+    with pytest.raises(StopIteration) as stopped:
+        out.send(None)
+    assert stopped.value.value is False
+    stop = threading.Event()
+    stop.set()
+    out = io_thread.wait_until(lambda: False, WAIT, stop)
+    with pytest.raises(StopIteration) as stopped:
+        out.send(None)
+    assert stopped.value.value is False

@@ -1,0 +1,55 @@
+"""A pause for the rebalance listener, on kafka-python's I/O thread, that blocks nothing.
+
+kafka-python 3 runs the listener's coroutines on its I/O thread, the thread that also
+sends the group's requests and heartbeats: a blocking wait there stalls them, and a
+blocking consumer call raises. Its own coroutines wait with its event loop's sleep
+event, which lets the loop's other tasks run meanwhile. kafka-python has no public name
+for that event, so it is looked up: a release without it leaves ``CAN_PAUSE`` False,
+and the listener then waits for nothing, as it did before it waited at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+try:
+    from kafka.net.selector import KernelEvent as _KernelEvent
+except ImportError:  # pragma: no cover - a kafka-python release without it
+    _KernelEvent = None
+
+_SLEEP = "_sleep"
+
+CAN_PAUSE: bool = _KernelEvent is not None
+
+
+class _Pause:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __await__(self) -> Any:
+        assert _KernelEvent is not None
+        return _KernelEvent(_SLEEP, self.seconds).__await__()
+
+
+def pause(seconds: float) -> _Pause:
+    """Awaitable on kafka-python's I/O thread: resumes after ``seconds``, the loop running."""
+    return _Pause(seconds)
+
+
+async def wait_until(
+    done: Callable[[], bool], seconds: float, stop: threading.Event, every: float = 0.005
+) -> bool:
+    """Pause until ``done()``, the stop flag or ``seconds`` passed; returns ``done()``.
+
+    Without the pause (``CAN_PAUSE`` False) it does not wait at all.
+    """
+    deadline = time.monotonic() + seconds
+    while CAN_PAUSE and not done() and not stop.is_set() and time.monotonic() < deadline:
+        await pause(every)
+    return done()
+
+
+__all__ = ["CAN_PAUSE", "pause", "wait_until"]
