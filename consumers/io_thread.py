@@ -5,7 +5,8 @@ sends the group's requests and heartbeats: a blocking wait there stalls them, an
 blocking consumer call raises. Its own coroutines wait with its event loop's sleep
 event, which lets the loop's other tasks run meanwhile. kafka-python has no public name
 for that event, so it is looked up: a release without it leaves ``CAN_PAUSE`` False,
-and the listener then waits for nothing, as it did before it waited at all.
+and the listener then does not wait (a batch in flight at a revocation is then read
+again by the partitions' next owner, and deduplicated by the database).
 """
 
 from __future__ import annotations
