@@ -350,18 +350,29 @@ def _held_writer(
             behind.drain()
 
 
-def test_a_revocation_waits_for_the_batch_in_flight_and_commits_it(
+@pytest.fixture
+def read_by_first(
     settings: Settings,
     policy: RetentionPolicy,
     topics: dict[str, str],
     producer: KafkaProducer,
     members: list[KafkaConsumer],
+) -> tuple[str, ConsumerWorker, KafkaConsumer, Batch]:
+    """The cdr topic, read whole by a worker's first group member as one batch."""
+    topic = topics["cdr"]
+    _send(producer, topic, "flight")
+    return (topic, *_first_member_read_all(settings, policy, topic, members))
+
+
+def test_a_revocation_waits_for_the_batch_in_flight_and_commits_it(
+    settings: Settings,
+    policy: RetentionPolicy,
+    members: list[KafkaConsumer],
+    read_by_first: tuple[str, ConsumerWorker, KafkaConsumer, Batch],
 ) -> None:
     # The next owner of a revoked partition starts where the group committed: with
     # the batch in flight committed at the revocation, it reads none of it again.
-    topic = topics["cdr"]
-    _send(producer, topic, "flight")
-    worker, first, batch = _first_member_read_all(settings, policy, topic, members)
+    topic, worker, first, batch = read_by_first
     with _held_writer(settings, policy, worker, batch) as (behind, go):
         # The writer stores only once the listener waits for it, during the rebalance.
         def release() -> None:
@@ -391,9 +402,8 @@ def test_a_revocation_waits_for_the_batch_in_flight_and_commits_it(
 def test_a_revocation_waits_for_the_batch_in_flight_a_bounded_time(
     settings: Settings,
     policy: RetentionPolicy,
-    topics: dict[str, str],
-    producer: KafkaProducer,
     members: list[KafkaConsumer],
+    read_by_first: tuple[str, ConsumerWorker, KafkaConsumer, Batch],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -401,9 +411,7 @@ def test_a_revocation_waits_for_the_batch_in_flight_a_bounded_time(
     # group: the rebalance goes on without its offsets, and the next owner reads the
     # batch's records again (the database deduplicates them).
     monkeypatch.setattr(loop, "REVOKE_WAIT_SECONDS", 0.5)
-    topic = topics["cdr"]
-    _send(producer, topic, "slow")
-    worker, first, batch = _first_member_read_all(settings, policy, topic, members)
+    topic, worker, first, batch = read_by_first
     with (
         caplog.at_level(logging.WARNING, logger="purger.consumer"),
         _held_writer(settings, policy, worker, batch) as (behind, go),

@@ -289,40 +289,40 @@ def test_a_partition_revoked_with_nothing_in_flight_keeps_its_position() -> None
     assert consumer.sought == {TP1: 50}
 
 
-def test_stored_gives_the_batch_in_flight_only_once_its_store_succeeded() -> None:
-    gate = threading.Event()
-    finished: list[int] = []
+class _Gated(Recorder):
+    """Stores only once its gate opens; batch 1 fails."""
 
-    def write(batch: int) -> int:
-        gate.wait(WAIT)
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, batch: int) -> int:
+        self.gate.wait(WAIT)
         if batch == 1:
             raise RuntimeError("refused")
-        return batch
+        return super().write(batch)
 
-    behind: WriteBehind[int, int] = WriteBehind(
-        write,
-        lambda b, _r: finished.append(b),
-        stop=threading.Event(),
-        halt=threading.Event(),
-        name="writer-test",
-    )
+
+def test_stored_gives_the_batch_in_flight_only_once_its_store_succeeded() -> None:
+    rec = _Gated()
+    behind = behind_for(rec)
     assert not behind.storing and behind.stored() is None
     behind.submit(0)
     assert behind.storing and behind.stored() is None
-    gate.set()
+    rec.gate.set()
     job = behind._in_flight
     assert job is not None and job.done.wait(WAIT)
     assert not behind.storing and behind.stored() == 0
     # Advanced by the listener or not, settle still finishes it, once.
     behind.settle()
-    assert finished == [0] and behind.stored() is None
+    assert rec.finished == [(0, 0)] and behind.stored() is None
     behind.submit(1)
     job = behind._in_flight
     assert job is not None and job.done.wait(WAIT)
     assert not behind.storing and behind.stored() is None  # its store failed
     with pytest.raises(RuntimeError, match="refused"):
         behind.settle()
-    assert finished == [0]
+    assert rec.finished == [(0, 0)]
 
 
 def test_wait_until_pauses_on_kafkas_loop_until_done() -> None:
