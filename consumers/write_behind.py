@@ -7,9 +7,10 @@ on a writer thread while the worker's thread polls and decodes batch N+1; psycop
 the Kafka clients release the GIL while they wait on a socket. The batch's COPY rows are
 encoded on the worker's thread with the decoding (``ConsumerWorker.prepare``), so that
 the writer holds the GIL little. The Python work of both threads still shares one GIL
-and the cores PostgreSQL needs: where the workers and the
-database already keep every core busy, the overlap costs more than it gains, and
-``write_behind: false`` is the faster setting (BENCHMARKS.md).
+and the cores PostgreSQL needs: where the workers and the database already keep every
+core busy, the overlap gains little or nothing, and ``write_behind: false`` may be the
+faster setting (BENCHMARKS.md). A second batch in flight, on a second writer and
+connection, was measured and gains nothing there either.
 
 What does not change: at most one batch is in flight; batches are stored in the order
 they were polled; a batch's offsets are advanced and committed by the worker's thread
