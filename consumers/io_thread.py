@@ -14,30 +14,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 try:
     from kafka.net.selector import KernelEvent as _KernelEvent
-except ImportError:  # pragma: no cover - a kafka-python release without it
-    _KernelEvent = None
+    from kafka.net.selector import NetworkSelector as _NetworkSelector
+except ImportError:  # pragma: no cover - a kafka-python release without them
+    _KernelEvent = _NetworkSelector = None
 
+# The loop runs a KernelEvent by calling its own method of that name.
 _SLEEP = "_sleep"
 
-CAN_PAUSE: bool = _KernelEvent is not None
-
-
-class _Pause:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __await__(self) -> Any:
-        assert _KernelEvent is not None
-        return _KernelEvent(_SLEEP, self.seconds).__await__()
-
-
-def pause(seconds: float) -> _Pause:
-    """Awaitable on kafka-python's I/O thread: resumes after ``seconds``, the loop running."""
-    return _Pause(seconds)
+CAN_PAUSE: bool = _KernelEvent is not None and hasattr(_NetworkSelector, _SLEEP)
 
 
 async def wait_until(
@@ -49,8 +36,8 @@ async def wait_until(
     """
     deadline = time.monotonic() + seconds
     while CAN_PAUSE and not done() and not stop.is_set() and time.monotonic() < deadline:
-        await pause(every)
+        await _KernelEvent(_SLEEP, every)
     return done()
 
 
-__all__ = ["CAN_PAUSE", "pause", "wait_until"]
+__all__ = ["CAN_PAUSE", "wait_until"]

@@ -332,18 +332,17 @@ class ConsumerWorker:
             m.records_dead_lettered.labels(letter.category, letter.reason).inc()
 
     # -- offsets -----------------------------------------------------------------
-    async def await_in_flight(self, seconds: float | None = None) -> None:
+    async def await_in_flight(self) -> None:
         """On kafka-python's I/O thread, at a revocation: advance the batch in flight once stored.
 
-        Waits at most ``seconds`` (default ``REVOKE_WAIT_SECONDS``) for the writer,
-        pausing, never blocking, the I/O thread. The worker's thread is in poll() then,
+        Waits at most ``REVOKE_WAIT_SECONDS`` for the writer, pausing, never blocking,
+        the I/O thread. The worker's thread is in poll() then,
         so nothing else touches the checkpoint; settle finishes the batch later as ever.
         """
         behind = self.behind
         if behind is None or not behind.busy:
             return
-        limit = REVOKE_WAIT_SECONDS if seconds is None else seconds
-        if not await wait_until(lambda: not behind.storing, limit, self.stop):
+        if not await wait_until(lambda: not behind.storing, REVOKE_WAIT_SECONDS, self.stop):
             log.warning(
                 "partitions revoked before the batch in flight was stored; "
                 "its records are read again by their next owner"
